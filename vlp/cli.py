@@ -1,0 +1,55 @@
+"""``vlp fit | eval | config``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from vlp.config.loading import load_yaml
+from vlp.registry import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlp", description="Vision-language pretraining experiments.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help="train an experiment")
+    fit.add_argument("experiment", help="experiment YAML, e.g. experiments/default.yaml")
+    fit.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-3 run_dir=runs/x")
+    fit.add_argument("--resume", help="checkpoint path, or 'last' for the run directory's last checkpoint")
+    evaluate = commands.add_parser("eval", help="evaluate a checkpoint")
+    evaluate.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit")
+    evaluate.add_argument("--out", help="where to write the metrics JSON (default: next to the run's checkpoints)")
+    evaluate.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.val_size=2000")
+    config = commands.add_parser("config", help="print the resolved, validated config")
+    config.add_argument("experiment")
+    config.add_argument("overrides", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "fit":
+            from vlp.run import fit
+
+            fit(args.experiment, args.overrides, resume=args.resume)
+        elif args.command == "eval":
+            from vlp.run import evaluate
+
+            evaluate(args.ckpt, args.overrides, output=args.out)
+        else:
+            from vlp.config.experiment import load_experiment
+
+            load_experiment(args.experiment, args.overrides)
+            resolved, _ = load_yaml(args.experiment, args.overrides)
+            print(yaml.safe_dump(resolved, sort_keys=False), end="")
+    except ConfigError as error:
+        print(f"vlp: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

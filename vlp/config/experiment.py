@@ -1,0 +1,159 @@
+"""The experiment: the YAML's top level, validated into typed parts before anything is built.
+
+YAML layout (it mirrors the object tree)::
+
+    name, seed, run_dir, plugins
+    model: {embed_dim, image_encoder: {name, ...}, text_encoder: {name, ...},
+            objectives: [{name, weight, ...}, ...]}
+    data: {name, ...}
+    optim: {...}            # vlp.optim.OptimConfig
+    trainer: {...}          # keyword arguments of lightning.Trainer
+    eval: [{name, ...}, ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from omegaconf import OmegaConf
+
+from vlp.config.loading import apply_overrides, load_yaml, origin_of
+from vlp.config.schema import build_dataclass, check_values, matches
+from vlp.optim import OptimConfig
+from vlp.registry import DATAMODULES, EVALUATIONS, IMAGE_ENCODERS, OBJECTIVES, TEXT_ENCODERS, ConfigError, Registry, import_plugins
+
+INJECTED = ("embed_dim", "default_tokenizer")
+TRAINER_RESERVED = {
+    "default_root_dir": "vlp sets it to the run directory; use run_dir",
+    "logger": "vlp always logs to TensorBoard and CSV in the run directory",
+    "callbacks": "vlp adds its checkpoint callback itself",
+}
+
+
+@dataclass
+class RunSettings:
+    """Top-level scalars of an experiment."""
+
+    name: str = "experiment"
+    seed: int = 0
+    run_dir: str | None = None
+    plugins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModelSection:
+    embed_dim: int
+    image_encoder: dict[str, Any]
+    text_encoder: dict[str, Any]
+    objectives: list[dict[str, Any]]
+
+
+@dataclass
+class Component:
+    """A registered class and the YAML arguments it will be built with."""
+
+    cls: type
+    params: dict[str, Any]
+    path: str
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return self.cls.registry_name
+
+
+@dataclass
+class Experiment:
+    run: RunSettings
+    embed_dim: int
+    image_encoder: Component
+    text_encoder: Component
+    objectives: list[Component]
+    data: Component
+    optim: OptimConfig
+    trainer: dict[str, Any]
+    evaluations: list[Component]
+    resolved: dict[str, Any]
+    source: str
+
+
+class _Where:
+    def __init__(self, origins: dict[str, str], source: str) -> None:
+        self.origins, self.source = origins, source
+
+    def __call__(self, path: str) -> str:
+        return origin_of(path, self.origins, self.source)
+
+
+def _component(values: Any, registry: Registry, path: str, where: _Where, with_weight: bool = False) -> Component:
+    if not isinstance(values, dict) or "name" not in values:
+        raise ConfigError(f"`{path}` in {where(path)} must be a mapping with a `name` key choosing the {registry.kind}.")
+    params = dict(values)
+    name = params.pop("name")
+    weight = params.pop("weight", 1.0) if with_weight else 1.0
+    if not matches(weight, float):
+        raise ConfigError(f"`{path}.weight` in {where(path)} is {weight!r} but must be a number.")
+    cls = registry.get(str(name), where=f"`{path}.name` in {where(path + '.name')}")
+    check_values(params, cls, path, where, injected=INJECTED)
+    return Component(cls, params, path, float(weight))
+
+
+def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: str) -> Experiment:
+    """Validate a merged config (plugins are imported first, so they can register components)."""
+    where = _Where(origins, source)
+    sections = {"model", "data", "optim", "trainer", "eval"}
+    top = {k: v for k, v in config.items() if k not in sections}
+    for section in sections:
+        if section in config and section not in ("eval",) and not isinstance(config[section], dict):
+            raise ConfigError(f"`{section}` in {where(section)} must be a mapping of keys.")
+    run = build_dataclass(RunSettings, top, "", where)
+    import_plugins(run.plugins)
+
+    if "model" not in config:
+        raise ConfigError(f"Missing required section `model` in {source}; add model.image_encoder, text_encoder and objectives.")
+    model = build_dataclass(ModelSection, config["model"], "model", where)
+    if not model.objectives:
+        raise ConfigError(f"`model.objectives` in {where('model.objectives')} is empty; list at least one objective.")
+    objectives = [
+        _component(o, OBJECTIVES, f"model.objectives[{i}]", where, with_weight=True) for i, o in enumerate(model.objectives)
+    ]
+    names = [o.name for o in objectives]
+    duplicated = {n for n in names if names.count(n) > 1}
+    if duplicated:
+        raise ConfigError(f"Objective(s) {sorted(duplicated)} listed twice in {where('model.objectives')}; merge the entries.")
+    if "data" not in config:
+        raise ConfigError(f"Missing required section `data` in {source}; add data.name (e.g. shapes).")
+    trainer = dict(config.get("trainer") or {})
+    check_values(trainer, L.Trainer, "trainer", where, reserved=TRAINER_RESERVED)
+    evaluations = config.get("eval", [{"name": "zero_shot"}, {"name": "retrieval"}]) or []
+    if not isinstance(evaluations, list):
+        raise ConfigError(f"`eval` in {where('eval')} must be a list of evaluations, e.g. [{{name: zero_shot}}].")
+    return Experiment(
+        run=run,
+        embed_dim=model.embed_dim,
+        image_encoder=_component(model.image_encoder, IMAGE_ENCODERS, "model.image_encoder", where),
+        text_encoder=_component(model.text_encoder, TEXT_ENCODERS, "model.text_encoder", where),
+        objectives=objectives,
+        data=_component(config["data"], DATAMODULES, "data", where),
+        optim=build_dataclass(OptimConfig, config.get("optim") or {}, "optim", where),
+        trainer=trainer,
+        evaluations=[_component(e, EVALUATIONS, f"eval[{i}]", where) for i, e in enumerate(evaluations)],
+        resolved=config,
+        source=source,
+    )
+
+
+def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
+    """Load, merge, interpolate and validate an experiment file with ``key=value`` overrides."""
+    config, origins = load_yaml(path, list(overrides))
+    return parse_experiment(config, origins, str(Path(path)))
+
+
+def experiment_from_resolved(config: dict[str, Any], overrides: list[str] = (), source: str = "the checkpoint") -> Experiment:
+    """Rebuild an experiment from a resolved config stored in a checkpoint, with overrides."""
+    merged, origins = apply_overrides(OmegaConf.create(config), list(overrides))
+    return parse_experiment(merged, origins, source)

@@ -1,0 +1,115 @@
+"""Read experiment YAML: ``base:`` inheritance, ``key=value`` overrides, ``${...}`` interpolation.
+
+Besides the merged config, loading records which file (or the command line) set each
+key, so validation errors can name the file to fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+import yaml
+
+from vlp.registry import ConfigError
+
+COMMAND_LINE = "the command line"
+Origins = dict[str, str]
+
+
+def flatten_keys(node: Any, prefix: str = "") -> list[str]:
+    """All key paths of a nested container, with list items as ``key[i]``."""
+    paths = [prefix] if prefix else []
+    if isinstance(node, (dict, DictConfig)):
+        for key in node:
+            paths += flatten_keys(node[key], f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, (list, ListConfig)):
+        for index, item in enumerate(node):
+            paths += flatten_keys(item, f"{prefix}[{index}]")
+    return paths
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"Experiment file {path} does not exist; check the path (experiments live under experiments/).")
+    try:
+        config = OmegaConf.load(path)
+    except Exception as error:
+        raise ConfigError(f"{path} is not valid YAML ({error}); fix the syntax at the position shown.") from error
+    if not isinstance(config, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of keys at the top level, not a {type(config).__name__}.")
+    return config
+
+
+def _load_with_bases(path: Path, origins: Origins, seen: tuple[Path, ...]) -> DictConfig:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path} inherits from itself through `base:`; remove the cycle.")
+    config = _read_yaml(path)
+    bases = config.pop("base", None) or []
+    bases = [bases] if isinstance(bases, str) else list(bases)
+    merged = OmegaConf.create({})
+    for base in bases:
+        merged = OmegaConf.merge(merged, _load_with_bases(path.parent / base, origins, seen + (path,)))
+    # OmegaConf replaces lists wholesale; forget origins under any key this file redefines.
+    for key in flatten_keys(config):
+        for stale in [p for p in origins if p.startswith(key + "[")]:
+            del origins[stale]
+        origins[key] = str(path)
+    return OmegaConf.merge(merged, config)
+
+
+def load_yaml(path: str | Path, overrides: list[str] = ()) -> tuple[dict[str, Any], Origins]:
+    """Merged, interpolated config as plain containers, plus the origin of every key."""
+    origins: Origins = {}
+    config = _load_with_bases(Path(path), origins, ())
+    return apply_overrides(config, list(overrides), origins)
+
+
+def apply_overrides(config: DictConfig, overrides: list[str], origins: Origins | None = None) -> tuple[dict[str, Any], Origins]:
+    """Apply ``key=value`` overrides (list items by index: ``model.objectives.0.weight=2``), then resolve."""
+    origins = {} if origins is None else origins
+    for override in overrides:
+        key, value = _parse_override(override)
+        try:
+            OmegaConf.update(config, key, value, merge=True, force_add=True)
+        except (OmegaConfBaseException, TypeError, ValueError, IndexError) as error:
+            raise ConfigError(f'Override "{override}" does not fit the config ({error}); check the key path.') from error
+        origins[_bracketed(key)] = COMMAND_LINE
+        for path in flatten_keys(value, _bracketed(key)):
+            origins[path] = COMMAND_LINE
+    try:
+        container = OmegaConf.to_container(config, resolve=True)
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"Interpolation failed: {error}; check the ${{...}} reference.") from error
+    return container, origins
+
+
+def _parse_override(override: str) -> tuple[str, Any]:
+    """Split ``key=value``; the value is parsed as YAML (numbers, booleans, lists, mappings)."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f'Override "{override}" is not of the form key=value; write e.g. optim.lr=1e-3.')
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f'Override "{override}" has a value that is not valid YAML ({error}); quote it.') from error
+
+
+def _bracketed(dotted: str) -> str:
+    """``model.objectives.0.name`` -> ``model.objectives[0].name`` (the form used in messages)."""
+    out = ""
+    for part in dotted.split("."):
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
+
+
+def origin_of(path: str, origins: Origins, default: str) -> str:
+    """The file that set ``path`` or its nearest ancestor."""
+    while path:
+        if path in origins:
+            return origins[path]
+        path = path[: max(path.rfind("."), path.rfind("["), 0)]
+    return default

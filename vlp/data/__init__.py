@@ -1,0 +1,1 @@
+"""Datamodules: each registers itself by name and yields :class:`vlp.batch.Batch` batches."""

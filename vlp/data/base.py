@@ -1,0 +1,123 @@
+"""The datamodule base for image-text pairs."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from vlp.batch import Batch
+from vlp.evaluation.base import RetrievalSet, ZeroShotTask
+
+Tokenize = Callable[[list[str]], tuple[Tensor, Tensor]]
+
+
+class ImageCaptionDataset(Dataset):
+    """Images (N, C, H, W) with one or more captions each; ``__getitem__`` gives (image, captions)."""
+
+    def __init__(self, images: Tensor, captions: Sequence[Sequence[str]]) -> None:
+        if len(images) != len(captions):
+            raise ValueError(f"{len(images)} images but {len(captions)} caption lists.")
+        self.images = images
+        self.captions = captions
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Sequence[str]]:
+        return self.images[index], self.captions[index]
+
+
+class Collate:
+    """Stack images, pick one caption per image (random in training, the first otherwise), tokenize."""
+
+    def __init__(self, tokenize: Tokenize, sample_caption: bool, seed: int = 0) -> None:
+        self.tokenize = tokenize
+        self.sample_caption = sample_caption
+        self.rng = random.Random(seed)
+
+    def __call__(self, items: list[tuple[Tensor, Sequence[str]]]) -> Batch:
+        images = torch.stack([image for image, _ in items])
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        captions = [self.rng.choice(c) if self.sample_caption else c[0] for _, c in items]
+        input_ids, attention_mask = self.tokenize(captions)
+        return Batch(images=images, input_ids=input_ids, attention_mask=attention_mask)
+
+
+class ImageTextDataModule(L.LightningDataModule):
+    """Base class: subclasses provide the datasets and evaluation sets; this class batches them.
+
+    Subclasses implement ``build()`` (called once, in ``setup``) filling ``self.train_set``
+    and ``self.val_set`` with :class:`ImageCaptionDataset` (or any dataset of
+    ``(image, captions)``), plus ``caption_corpus``, ``zero_shot_tasks`` and
+    ``retrieval_sets``. Images are float in [0, 1] or uint8.
+    The tokenizer is the text tower's, attached by the builder with ``attach_tokenizer``.
+    """
+
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.tokenize: Tokenize | None = None
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def attach_tokenizer(self, tokenize: Tokenize) -> None:
+        self.tokenize = tokenize
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.build()
+
+    def caption_corpus(self) -> list[str]:
+        """Every text the model may be asked to read (captions and prompts), for vocabularies."""
+        raise NotImplementedError
+
+    def zero_shot_tasks(self) -> list[ZeroShotTask]:
+        return []
+
+    def retrieval_sets(self) -> list[RetrievalSet]:
+        return []
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        if self.tokenize is None:
+            raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=Collate(self.tokenize, sample_caption=train, seed=self.seed),
+            generator=generator if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+def retrieval_set(name: str, dataset: ImageCaptionDataset) -> RetrievalSet:
+    """Retrieval set over a dataset's images and captions; identical captions become one text."""
+    text_index: dict[str, int] = {}
+    image_to_texts = []
+    for captions in dataset.captions:
+        image_to_texts.append(sorted({text_index.setdefault(c, len(text_index)) for c in captions}))
+    images = dataset.images.float() / 255 if dataset.images.dtype == torch.uint8 else dataset.images
+    return RetrievalSet(name, images, list(text_index), image_to_texts)

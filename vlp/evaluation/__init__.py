@@ -1,0 +1,1 @@
+"""Evaluations: they see only ``encode_image`` / ``encode_text``, never objectives."""

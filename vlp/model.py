@@ -1,0 +1,132 @@
+"""The dual encoder and the LightningModule that trains it with a list of objectives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlp.batch import Batch
+from vlp.evaluation.base import Evaluation
+from vlp.objectives.base import Objective
+from vlp.optim import OptimConfig, build_optimizer, warmup_cosine
+from vlp.registry import ConfigError
+from vlp.step import ImageView, Step, TextView, full_image, full_text
+
+
+class DualEncoder(nn.Module):
+    """An image tower and a text tower; evaluation only ever uses ``encode_*``."""
+
+    def __init__(self, image_tower: nn.Module, text_tower: nn.Module) -> None:
+        super().__init__()
+        self.image_tower = image_tower
+        self.text_tower = text_tower
+
+    def encode_image(self, images: Tensor) -> Tensor:
+        """L2-normalised image embeddings for images in [0, 1]."""
+        return F.normalize(self.image_tower(images).embedding, dim=-1)
+
+    def encode_text(self, texts: list[str]) -> Tensor:
+        """L2-normalised text embeddings for raw strings."""
+        input_ids, attention_mask = self.text_tower.tokenize(texts)
+        device = self.text_tower.projection.weight.device
+        features = self.text_tower(input_ids.to(device), attention_mask.to(device))
+        return F.normalize(features.embedding, dim=-1)
+
+
+class VLPModule(L.LightningModule):
+    """Pairs a :class:`DualEncoder` with weighted objectives; Lightning does the rest.
+
+    ``state`` (the resolved config and the tokenizer) is stored in every checkpoint so
+    ``vlp eval`` and ``--resume`` rebuild exactly this model.
+    """
+
+    def __init__(
+        self,
+        encoder: DualEncoder,
+        objectives: dict[str, Objective],
+        weights: dict[str, float],
+        optim: OptimConfig,
+        evaluations: list[Evaluation],
+        state: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.objectives = nn.ModuleDict(objectives)
+        self.weights = weights
+        self.optim_config = optim
+        self.evaluations = evaluations
+        self.vlp_state = state
+        self.image_views = _collect_views({"full": full_image}, [o.image_views() for o in objectives.values()], "image")
+        self.text_views = _collect_views({"full": full_text}, [o.text_views() for o in objectives.values()], "text")
+
+    def _objective_losses(self, batch: Batch, stage: str) -> Tensor:
+        total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        progress = min(1.0, self.global_step / max(1, total_steps))
+        step = Step(batch, self.encoder, self.image_views, self.text_views, progress)
+        total = torch.zeros((), device=batch.images.device)
+        training = stage == "train"
+        for name, objective in self.objectives.items():
+            outputs = objective(step)
+            total = total + self.weights[name] * outputs["loss"]
+            for key, value in outputs.items():
+                self.log(f"{stage}/{name}/{key}", value, on_step=training, on_epoch=not training,
+                         sync_dist=not training, batch_size=len(batch))
+        self.log(f"{stage}/loss", total, prog_bar=True, on_step=training, on_epoch=not training,
+                 sync_dist=not training, batch_size=len(batch))
+        return total
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        return self._objective_losses(batch, "train")
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._objective_losses(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self.trainer.datamodule is None:
+            return
+        for name, value in self.evaluate(self.trainer.datamodule).items():
+            self.log(f"val/{name}", value, sync_dist=False)
+
+    @torch.no_grad()
+    def evaluate(self, datamodule: Any) -> dict[str, float]:
+        """Run every configured evaluation on the datamodule's evaluation sets."""
+        was_training = self.encoder.training
+        self.encoder.eval()
+        results: dict[str, float] = {}
+        for evaluation in self.evaluations:
+            results.update(evaluation(self.encoder, datamodule))
+        self.encoder.train(was_training)
+        return results
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        for objective in self.objectives.values():
+            objective.after_optimizer_step(self.encoder)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        config = self.optim_config
+        optimizer = build_optimizer(self, config)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, config.warmup_steps, total, config.min_lr_ratio, config.schedule)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["vlp"] = self.vlp_state
+
+
+def _collect_views(views: dict, declared: list[dict], tower: str) -> dict:
+    """Merge views declared by objectives; two different functions under one name is an error."""
+    merged = dict(views)
+    for extra in declared:
+        for name, function in extra.items():
+            if name in merged and merged[name] is not function:
+                raise ConfigError(
+                    f'Two objectives define different {tower} views named "{name}"; rename one of them.'
+                )
+            merged[name] = function
+    return merged

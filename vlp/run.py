@@ -1,0 +1,131 @@
+"""The two things a user runs: ``fit`` an experiment into a run directory, ``evaluate`` a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from vlp.build import build_datamodule, build_module
+from vlp.config.experiment import Experiment, experiment_from_resolved, load_experiment
+from vlp.registry import ConfigError
+
+
+def default_run_dir(experiment: Experiment) -> Path:
+    return Path("runs") / experiment.run.name / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
+    """``last`` means the run directory's last checkpoint; anything else is a path."""
+    if resume is None:
+        return None
+    path = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"Cannot resume: checkpoint {path} does not exist; pass an existing .ckpt or set run_dir to the run to continue.")
+    return str(path)
+
+
+def format_table(metrics: dict[str, float]) -> str:
+    width = max(len(k) for k in metrics) if metrics else 10
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    lines += [f"{name:<{width}}  {value:6.4f}" for name, value in sorted(metrics.items())]
+    return "\n".join(lines)
+
+
+def write_metrics(path: Path, metrics: dict[str, float], extra: dict[str, Any]) -> None:
+    path.write_text(json.dumps({"metrics": metrics, **extra}, indent=2) + "\n")
+
+
+def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = None) -> Path:
+    """Validate, build, train, evaluate; returns the run directory.
+
+    Everything that can fail on bad input (config, components, data) is built before
+    the run directory is created, so a failed start leaves nothing behind.
+    """
+    experiment = load_experiment(experiment_path, overrides)
+    run_dir = Path(experiment.run.run_dir) if experiment.run.run_dir else default_run_dir(experiment)
+    if resume is not None and resume != "last" and experiment.run.run_dir is None:
+        run_dir = Path(resume).resolve().parent.parent
+    resume_path = resolve_resume(resume, run_dir)
+    if resume_path is None and run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"Run directory {run_dir} already holds a run; continue it with --resume last or choose another run_dir=.")
+
+    L.seed_everything(experiment.run.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(experiment)
+    datamodule.setup("fit")
+    tokenizer_json = _stored_tokenizer(resume_path)
+    module = build_module(experiment, datamodule, tokenizer_json=tokenizer_json)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.resolved, sort_keys=False))
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
+    trainer = L.Trainer(
+        default_root_dir=run_dir,
+        logger=[TensorBoardLogger(run_dir, name="tensorboard", version=""), CSVLogger(run_dir, name="csv", version="")],
+        callbacks=[checkpoints],
+        **experiment.trainer,
+    )
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    train_seconds = time.perf_counter() - started
+    if trainer.global_rank != 0:
+        return run_dir
+    metrics = module.evaluate(datamodule)
+    write_metrics(
+        run_dir / "metrics.json",
+        metrics,
+        {"experiment": experiment.run.name, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+         "train_seconds": round(train_seconds, 1), "global_step": trainer.global_step},
+    )
+    print(format_table(metrics))
+    print(f"Run directory: {run_dir}")
+    return run_dir
+
+
+def _stored_tokenizer(checkpoint_path: str | None) -> str | None:
+    return None if checkpoint_path is None else load_vlp_checkpoint(checkpoint_path)["vlp"]["tokenizer"]
+
+
+def load_vlp_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``) and check that vlp wrote it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Checkpoint {path} does not exist; pass the path of a .ckpt in a run's checkpoints/ directory.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ConfigError(f"Checkpoint {path} cannot be loaded safely ({type(error).__name__}); it is corrupt or not a vlp checkpoint.") from error
+    if not isinstance(checkpoint, dict) or "vlp" not in checkpoint or "state_dict" not in checkpoint:
+        raise ConfigError(
+            f"{path} is not a vlp checkpoint (it has no vlp config); to start from foreign weights, "
+            f"point the encoder's `checkpoint`/`pretrained` option at them instead."
+        )
+    return checkpoint
+
+
+def evaluate(checkpoint_path: str, overrides: list[str] = (), output: str | None = None) -> dict[str, float]:
+    """Rebuild the model stored in a checkpoint, run its evaluations, write metrics JSON."""
+    checkpoint = load_vlp_checkpoint(checkpoint_path)
+    stored = checkpoint["vlp"]
+    experiment = experiment_from_resolved(yaml.safe_load(stored["config"]), overrides, source=str(checkpoint_path))
+    datamodule = build_datamodule(experiment)
+    datamodule.setup("validate")
+    module = build_module(experiment, datamodule, tokenizer_json=stored["tokenizer"])
+    module.load_state_dict(checkpoint["state_dict"])
+    if torch.cuda.is_available():
+        module.cuda()
+    metrics = module.evaluate(datamodule)
+    out = Path(output) if output else Path(checkpoint_path).resolve().parent.parent / f"eval-{Path(checkpoint_path).stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_metrics(out, metrics, {"experiment": experiment.run.name, "checkpoint": str(checkpoint_path)})
+    print(format_table(metrics))
+    print(f"Metrics written to {out}")
+    return metrics

@@ -1,0 +1,1 @@
+"""Tokenizers: loaded from a local directory, or built from the training captions."""
