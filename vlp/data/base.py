@@ -33,20 +33,47 @@ class ImageCaptionDataset(Dataset):
 
 
 class Collate:
-    """Stack images, pick one caption per image (random in training, the first otherwise), tokenize."""
+    """Stack images, tokenize captions, stack per-sample extras.
 
-    def __init__(self, tokenize: Tokenize, sample_caption: bool, seed: int = 0) -> None:
+    Items are ``(image, captions)`` or ``(image, captions, extras)`` with ``extras`` a dict
+    of per-sample values (e.g. ``sample_weight``), stacked into ``batch.extras``.
+    One caption per image goes to ``input_ids``: a random one in training, the first
+    otherwise. With ``all_captions`` every caption is also tokenized into
+    ``extras["captions_input_ids"]`` / ``["captions_attention_mask"]`` (B, K, L), with
+    ``extras["captions_valid"]`` (B, K) marking real captions (images may have fewer than K).
+    """
+
+    def __init__(self, tokenize: Tokenize, sample_caption: bool, all_captions: bool = False, seed: int = 0) -> None:
         self.tokenize = tokenize
         self.sample_caption = sample_caption
+        self.all_captions = all_captions
         self.rng = random.Random(seed)
 
-    def __call__(self, items: list[tuple[Tensor, Sequence[str]]]) -> Batch:
-        images = torch.stack([image for image, _ in items])
+    def __call__(self, items: list[tuple]) -> Batch:
+        images = torch.stack([item[0] for item in items])
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
-        captions = [self.rng.choice(c) if self.sample_caption else c[0] for _, c in items]
-        input_ids, attention_mask = self.tokenize(captions)
-        return Batch(images=images, input_ids=input_ids, attention_mask=attention_mask)
+        caption_lists = [item[1] for item in items]
+        chosen = [self.rng.choice(c) if self.sample_caption else c[0] for c in caption_lists]
+        input_ids, attention_mask = self.tokenize(chosen)
+        extras: dict[str, Any] = {}
+        if len(items[0]) > 2:
+            extras = {key: torch.as_tensor([item[2][key] for item in items]) for key in items[0][2]}
+        if self.all_captions:
+            extras.update(self._all_captions(caption_lists))
+        return Batch(images=images, input_ids=input_ids, attention_mask=attention_mask, extras=extras)
+
+    def _all_captions(self, caption_lists: list[Sequence[str]]) -> dict[str, Tensor]:
+        most = max(len(c) for c in caption_lists)
+        padded = [list(c) + [c[0]] * (most - len(c)) for c in caption_lists]
+        ids, mask = self.tokenize([text for captions in padded for text in captions])
+        valid = torch.tensor([[k < len(c) for k in range(most)] for c in caption_lists])
+        batch = len(caption_lists)
+        return {
+            "captions_input_ids": ids.view(batch, most, -1),
+            "captions_attention_mask": mask.view(batch, most, -1),
+            "captions_valid": valid,
+        }
 
 
 class ImageTextDataModule(L.LightningDataModule):
@@ -55,12 +82,14 @@ class ImageTextDataModule(L.LightningDataModule):
     Subclasses implement ``build()`` (called once, in ``setup``) filling ``self.train_set``
     and ``self.val_set`` with :class:`ImageCaptionDataset` (or any dataset of
     ``(image, captions)``), plus ``caption_corpus``, ``zero_shot_tasks`` and
-    ``retrieval_sets``. Images are float in [0, 1] or uint8.
+    ``retrieval_sets``. Images are float in [0, 1] or uint8. ``all_captions`` adds every
+    caption of each training image to the batch (multi-positive objectives).
     The tokenizer is the text tower's, attached by the builder with ``attach_tokenizer``.
     """
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0, all_captions: bool = False) -> None:
         super().__init__()
+        self.all_captions = all_captions
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -99,7 +128,7 @@ class ImageTextDataModule(L.LightningDataModule):
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=Collate(self.tokenize, sample_caption=train, seed=self.seed),
+            collate_fn=Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions and train, seed=self.seed),
             generator=generator if train else None,
         )
 

@@ -32,8 +32,10 @@ def load_digit_images(image_size: int) -> tuple[torch.Tensor, np.ndarray]:
 class DigitsDataModule(ImageTextDataModule):
     """80/20 seeded split; each image gets two captions from different templates."""
 
-    def __init__(self, image_size: int = 32, val_fraction: float = 0.2, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+    def __init__(
+        self, image_size: int = 32, val_fraction: float = 0.2, batch_size: int = 128, num_workers: int = 0, seed: int = 0, all_captions: bool = False
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, all_captions=all_captions)
         self.image_size = image_size
         self.val_fraction = val_fraction
 

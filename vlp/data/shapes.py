@@ -34,8 +34,10 @@ ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
 HELD_OUT = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "cross"), ("cyan", "square")})
 
-SHAPE_TEMPLATES = ["a small {}", "a large {}", "a {} at the middle centre"]
-COLOUR_TEMPLATES = ["a small {} circle", "a large {} square", "a small {} triangle", "a large {} cross"]
+# Prompt ensembles: every caption names size, colour and shape, so a class prompt is
+# averaged over the attributes it does not ask about.
+SHAPE_TEMPLATES = [f"a {size} {colour} {{}}" for size in SIZES for colour in COLOURS]
+COLOUR_TEMPLATES = [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,11 @@ class Thing:
 
 
 def captions_for(things: list[Thing]) -> list[str]:
-    """Two paraphrases: reading order, and reversed order with the position first."""
+    """Two captions in reading order: with positions, and without (many images share it)."""
     ordered = sorted(things, key=lambda t: t.cell)
-    first = " and ".join(f"{t.words()} at the {t.position}" for t in ordered)
-    second = " ; ".join(f"{t.position} : {t.words()}" for t in reversed(ordered))
-    return [first, second]
+    detailed = " and ".join(f"{t.words()} at the {t.position}" for t in ordered)
+    short = " and ".join(t.words() for t in ordered)
+    return [detailed, short]
 
 
 def shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float) -> np.ndarray:
@@ -77,7 +79,7 @@ def render(things: list[Thing], canvas: np.ndarray, grid: tuple[np.ndarray, np.n
     ys, xs = grid
     cell = canvas.shape[-1] / 3
     for thing in things:
-        radius = cell * (0.3 if thing.size == "small" else 0.48)
+        radius = cell * (0.33 if thing.size == "small" else 0.5)
         cy = (thing.cell // 3 + 0.5) * cell + rng.uniform(-1, 1)
         cx = (thing.cell % 3 + 0.5) * cell + rng.uniform(-1, 1)
         mask = shape_mask(thing.shape, ys - cy, xs - cx, radius)
@@ -121,8 +123,9 @@ class ShapesDataModule(ImageTextDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        all_captions: bool = False,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, all_captions=all_captions)
         self.image_size = image_size
         self.train_size = train_size
         self.val_size = val_size
@@ -136,7 +139,7 @@ class ShapesDataModule(ImageTextDataModule):
 
     def caption_corpus(self) -> list[str]:
         words = [" ".join(SHAPES), " ".join(COLOURS), " ".join(SIZES), " ".join(ROWS + COLUMNS)]
-        return words + ["a at the and ; :"] + SHAPE_TEMPLATES + COLOUR_TEMPLATES
+        return words + ["a at the and"] + SHAPE_TEMPLATES + COLOUR_TEMPLATES
 
     def zero_shot_tasks(self) -> list[ZeroShotTask]:
         single = [i for i, s in enumerate(self.val_scenes) if len(s) == 1]

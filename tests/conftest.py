@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny experiment that builds in a second and trains in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_OVERRIDES = [
+    "model.embed_dim=32",
+    "model.image_encoder.model_kwargs={img_size: 16, patch_size: 8, embed_dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0}",
+    "model.text_encoder.config={model_type: clip_text_model, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2}",
+    "data.train_size=256",
+    "data.val_size=64",
+    "data.batch_size=32",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path: Path) -> list[str]:
+    return TINY_OVERRIDES + [f"run_dir={tmp_path / 'run'}"]
+
+
+@pytest.fixture
+def default_experiment() -> Path:
+    return REPO / "experiments" / "default.yaml"
