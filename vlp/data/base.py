@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
@@ -11,7 +13,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vlp.batch import Batch
+from vlp.data.quality import BATCH_KEY, DataQuality, Skipped
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
+from vlp.registry import ConfigError
 
 Tokenize = Callable[[list[str]], tuple[Tensor, Tensor]]
 
@@ -41,6 +45,9 @@ class Collate:
     otherwise. With ``all_captions`` every caption is also tokenized into
     ``extras["captions_input_ids"]`` / ``["captions_attention_mask"]`` (B, K, L), with
     ``extras["captions_valid"]`` (B, K) marking real captions (images may have fewer than K).
+    Items that are :class:`Skipped` markers (bad samples) are dropped; the batch carries
+    ``extras["data_quality"] = {"seen": n, cause: count}`` so counts made in workers reach
+    the main process. Extras that are not numbers (e.g. sample keys) stay lists.
     """
 
     def __init__(self, tokenize: Tokenize, sample_caption: bool, all_captions: bool = False, seed: int = 0) -> None:
@@ -49,7 +56,14 @@ class Collate:
         self.all_captions = all_captions
         self.rng = random.Random(seed)
 
-    def __call__(self, items: list[tuple]) -> Batch:
+    def __call__(self, all_items: list[tuple | Skipped]) -> Batch:
+        items = [item for item in all_items if not isinstance(item, Skipped)]
+        skipped = Counter(item.cause for item in all_items if isinstance(item, Skipped))
+        if not items:
+            raise ConfigError(
+                f"Every sample of a batch of {len(all_items)} was bad ({dict(skipped)}); check that the data "
+                f"root path points at the images the annotations name."
+            )
         images = torch.stack([item[0] for item in items])
         if images.dtype == torch.uint8:
             images = images.float().div_(255)
@@ -58,9 +72,10 @@ class Collate:
         input_ids, attention_mask = self.tokenize(chosen)
         extras: dict[str, Any] = {}
         if len(items[0]) > 2:
-            extras = {key: torch.as_tensor([item[2][key] for item in items]) for key in items[0][2]}
+            extras = {key: _stack([item[2][key] for item in items]) for key in items[0][2]}
         if self.all_captions:
             extras.update(self._all_captions(caption_lists))
+        extras[BATCH_KEY] = {"seen": len(all_items), **skipped}
         return Batch(images=images, input_ids=input_ids, attention_mask=attention_mask, extras=extras)
 
     def _all_captions(self, caption_lists: list[Sequence[str]]) -> dict[str, Tensor]:
@@ -76,6 +91,10 @@ class Collate:
         }
 
 
+def _stack(values: list) -> Tensor | list:
+    return values if isinstance(values[0], str) else torch.as_tensor(values)
+
+
 class ImageTextDataModule(L.LightningDataModule):
     """Base class: subclasses provide the datasets and evaluation sets; this class batches them.
 
@@ -85,10 +104,15 @@ class ImageTextDataModule(L.LightningDataModule):
     ``retrieval_sets``. Images are float in [0, 1] or uint8. ``all_captions`` adds every
     caption of each training image to the batch (multi-positive objectives).
     The tokenizer is the text tower's, attached by the builder with ``attach_tokenizer``.
+    Bad samples are counted in ``self.quality`` (from each batch, in
+    ``on_before_batch_transfer``) and written to ``<run dir>/data_quality.json``.
     """
 
-    def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0, all_captions: bool = False) -> None:
+    def __init__(
+        self, batch_size: int = 128, num_workers: int = 0, seed: int = 0, all_captions: bool = False, max_bad_fraction: float = 0.01
+    ) -> None:
         super().__init__()
+        self.quality = DataQuality(max_bad_fraction)
         self.all_captions = all_captions
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -117,6 +141,10 @@ class ImageTextDataModule(L.LightningDataModule):
     def retrieval_sets(self) -> list[RetrievalSet]:
         return []
 
+    def linear_probe_sets(self) -> list:
+        """``vlp.data.image_folder.LinearProbeSet`` s for a linear-probe evaluation."""
+        return []
+
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
         if self.tokenize is None:
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
@@ -140,6 +168,37 @@ class ImageTextDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         return {}
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Lightning calls this in the main process for every batch: take the bad-sample counts."""
+        if isinstance(batch, Batch):
+            self.record_quality(batch)
+        return batch
+
+    def record_quality(self, batch: Batch) -> None:
+        """Move a batch's bad-sample counts into ``self.quality``; write the report when any are bad."""
+        counts = dict(batch.extras.pop(BATCH_KEY, {}))
+        seen = counts.pop("seen", 0)
+        before = self.quality.bad
+        try:
+            self.quality.add(seen, counts, where=type(self).__name__)
+        finally:
+            if self.quality.bad > before:
+                self.write_quality()
+
+    def write_quality(self) -> Path | None:
+        """Write ``data_quality.json`` (``data_quality.rank<r>.json`` off rank 0) into the run directory."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        rank = trainer.global_rank
+        path = Path(trainer.default_root_dir) / ("data_quality.json" if rank == 0 else f"data_quality.rank{rank}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.quality.write(path)
+        return path
+
+    def teardown(self, stage: str) -> None:
+        self.write_quality()
 
 
 def retrieval_set(name: str, dataset: ImageCaptionDataset) -> RetrievalSet:

@@ -1,0 +1,48 @@
+"""Turn raw files into an RGB image and clean captions, or raise :class:`BadSample` with its cause."""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from typing import Iterable
+
+from PIL import Image
+
+from vlp.data.quality import CAPTION_NOT_UTF8, EMPTY_CAPTION, MISSING_FILE, UNREADABLE_IMAGE, BadSample
+
+
+def open_image(source: str | bytes) -> Image.Image:
+    """Decode fully (so truncated files fail here, not later) and convert to RGB."""
+    if isinstance(source, str) and not os.path.isfile(source):
+        raise BadSample(MISSING_FILE, source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # EXIF and palette warnings from web images
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                image.load()
+                return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise BadSample(UNREADABLE_IMAGE, f"{source if isinstance(source, str) else '<bytes>'} ({error})") from error
+
+
+def decode_text(raw: str | bytes) -> str:
+    """UTF-8 text; bytes that are not UTF-8 (or surrogate-escaped strings) are a bad caption."""
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BadSample(CAPTION_NOT_UTF8) from error
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadSample(CAPTION_NOT_UTF8) from error
+    return raw
+
+
+def clean_captions(raw: Iterable[str | bytes]) -> list[str]:
+    """Stripped non-empty captions; none left is a bad sample."""
+    captions = [text for text in (decode_text(r).strip() for r in raw) if text]
+    if not captions:
+        raise BadSample(EMPTY_CAPTION)
+    return captions
