@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -9,13 +11,27 @@ from torch import Tensor
 from vlp.distributed import all_gather_with_grad, rank_and_world_size
 
 
-def infonce_loss(image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor) -> Tensor:
+def weighted_mean(values: Tensor, sample_weight: Tensor | None) -> Tensor:
+    """Mean over this rank's samples, each scaled by its weight (noise-aware learning).
+
+    Weights multiply per-sample losses and the mean stays over the batch size (not the
+    weight sum), so equal per-rank batches keep the DDP mean equal to the global one.
+    """
+    if sample_weight is None:
+        return values.mean()
+    return (sample_weight.to(values.dtype) * values).mean()
+
+
+def infonce_loss(
+    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, sample_weight: Tensor | None = None
+) -> Tensor:
     """Symmetric InfoNCE (CLIP) over the global batch, computed for this rank's rows.
 
     Each rank scores its B local images against all W*B texts (and vice versa) and
     averages cross-entropy over its rows. The mean of this value over ranks is the
     single-process loss on the global batch, and with DDP's gradient averaging the
     gradients are exactly that loss's gradients (see ``all_gather_with_grad``).
+    With ``sample_weight`` (B,) each pair's two cross-entropies are scaled by its weight.
     """
     images = F.normalize(image_embeddings, dim=-1)
     texts = F.normalize(text_embeddings, dim=-1)
@@ -25,4 +41,181 @@ def infonce_loss(image_embeddings: Tensor, text_embeddings: Tensor, logit_scale:
     labels = torch.arange(images.shape[0], device=images.device) + rank * images.shape[0]
     image_to_text = logit_scale * images @ all_texts.T
     text_to_image = logit_scale * texts @ all_images.T
-    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2
+    if sample_weight is None:
+        return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2
+    per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
+    return weighted_mean(per_pair / 2, sample_weight)
+
+
+def _local_labels(batch_size: int, device: torch.device) -> Tensor:
+    """Global indices of this rank's samples: its positives in a gathered batch."""
+    rank, _ = rank_and_world_size()
+    return torch.arange(batch_size, device=device) + rank * batch_size
+
+
+def sigmoid_loss(
+    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, logit_bias: Tensor,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """SigLIP (Zhai et al., 2023, Alg. 1): -1/|B| sum_i sum_j log sigmoid(z_ij (t x_i.y_j + b)).
+
+    z_ij is +1 for matched pairs and -1 otherwise. This rank's images meet every rank's
+    texts one rank-block (B_local x B_local) at a time, so the global B x B matrix never
+    exists. Dividing this rank's sum by B_local makes the mean over ranks the loss over
+    the global batch; gathered texts send their gradients home (``all_gather_with_grad``).
+    ``sample_weight`` scales each image's row of terms.
+    """
+    images = F.normalize(image_embeddings, dim=-1)
+    texts = F.normalize(text_embeddings, dim=-1)
+    rank, _ = rank_and_world_size()
+    rows = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
+    for block, block_texts in enumerate(all_gather_with_grad(texts).split(images.shape[0])):
+        logits = logit_scale * images @ block_texts.T + logit_bias
+        signs = -torch.ones_like(logits)
+        if block == rank:
+            signs.diagonal().fill_(1.0)
+        rows = rows + F.logsigmoid(signs * logits).sum(dim=1)
+    return -weighted_mean(rows, sample_weight)
+
+
+def reweighted_infonce(logits: Tensor, labels: Tensor, log_weights: Tensor) -> Tensor:
+    """Per-row -log(e^{l_ip} / sum_j w_ij e^{l_ij}), p the row's label; weights as logs.
+
+    The shared form of hard-negative losses: w_ij = 1 everywhere is InfoNCE.
+    """
+    positives = logits.gather(1, labels.unsqueeze(1)).squeeze(1)
+    return torch.logsumexp(logits + log_weights, dim=1) - positives
+
+
+def hn_nce_loss(
+    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float, beta: float,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """HN-NCE (Radenovic et al., 2023, DiHT, Eq. 3), both directions averaged.
+
+    Row i: -log e^{s_ii} / (alpha e^{s_ii} + sum_{j!=i} w_ij e^{s_ij}), s = logit_scale x.y,
+    w_ij = (B-1) e^{beta s_ij} / sum_{k!=i} e^{beta s_ik} over the global batch (weights
+    carry gradients, as in the paper). alpha=1, beta=0 is InfoNCE; alpha=0 is DHN-NCE.
+    """
+    images = F.normalize(image_embeddings, dim=-1)
+    texts = F.normalize(text_embeddings, dim=-1)
+    labels = _local_labels(images.shape[0], images.device)
+
+    def direction(queries: Tensor, keys: Tensor) -> Tensor:
+        logits = logit_scale * queries @ keys.T
+        positive = F.one_hot(labels, logits.shape[1]).bool()
+        hardness = (beta * logits).masked_fill(positive, -math.inf)
+        log_weights = math.log(logits.shape[1] - 1) + hardness - torch.logsumexp(hardness, dim=1, keepdim=True)
+        log_weights = log_weights.masked_fill(positive, math.log(alpha) if alpha > 0 else -math.inf)
+        return reweighted_infonce(logits, labels, log_weights)
+
+    per_pair = direction(images, all_gather_with_grad(texts)) + direction(texts, all_gather_with_grad(images))
+    return weighted_mean(per_pair / 2, sample_weight)
+
+
+def llave_loss(
+    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """LLaVE's hardness-weighted contrastive loss (Lan et al., 2025, Eq. 5-6), both directions.
+
+    Row i: -log e^{s_ii} / (e^{s_ii} + sum_{j!=i} w_ij e^{s_ij}) with w_ij = e^{alpha sg(c_ij)},
+    c the cosine similarity (not scaled by the temperature) and sg stop-gradient.
+    """
+    images = F.normalize(image_embeddings, dim=-1)
+    texts = F.normalize(text_embeddings, dim=-1)
+    labels = _local_labels(images.shape[0], images.device)
+
+    def direction(queries: Tensor, keys: Tensor) -> Tensor:
+        cosine = queries @ keys.T
+        positive = F.one_hot(labels, cosine.shape[1]).bool()
+        log_weights = (alpha * cosine.detach()).masked_fill(positive, 0.0)
+        return reweighted_infonce(logit_scale * cosine, labels, log_weights)
+
+    per_pair = direction(images, all_gather_with_grad(texts)) + direction(texts, all_gather_with_grad(images))
+    return weighted_mean(per_pair / 2, sample_weight)
+
+
+def multi_positive_infonce(
+    image_embeddings: Tensor, caption_embeddings: Tensor, caption_valid: Tensor, logit_scale: Tensor,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """InfoNCE with every caption of an image a positive (SupCon's L_out, Khosla et al., 2020).
+
+    Image i against all valid captions of the global batch: -1/|P(i)| sum_{p in P(i)}
+    log softmax(s_i.)_p. Each caption against all images: cross-entropy to its image,
+    averaged over the image's valid captions. The two directions are averaged per image.
+    ``caption_embeddings`` is (B, K, D), ``caption_valid`` (B, K). With K=1 this is InfoNCE.
+    """
+    batch, captions_per_image = caption_valid.shape
+    images = F.normalize(image_embeddings, dim=-1)
+    captions = F.normalize(caption_embeddings, dim=-1).flatten(0, 1)
+    valid = caption_valid.to(images.dtype)
+    labels = _local_labels(batch, images.device)
+    all_valid = all_gather_with_grad(valid.flatten()).bool()
+    logits = (logit_scale * images @ all_gather_with_grad(captions).T).masked_fill(~all_valid, -math.inf)
+    log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    own = labels.unsqueeze(1) * captions_per_image + torch.arange(captions_per_image, device=images.device)
+    own_log_probs = log_probs.gather(1, own).masked_fill(valid == 0, 0.0)
+    image_to_text = -(own_log_probs.sum(1) / valid.sum(1))
+    text_logits = logit_scale * captions @ all_gather_with_grad(images).T
+    text_losses = F.cross_entropy(text_logits, labels.repeat_interleave(captions_per_image), reduction="none")
+    text_to_image = (text_losses.view(batch, captions_per_image) * valid).sum(1) / valid.sum(1)
+    return weighted_mean((image_to_text + text_to_image) / 2, sample_weight)
+
+
+def _gather_tokens(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Gather (B, N, D) tokens and (B, N) masks from all ranks, padding N to the longest rank."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return tokens, mask
+    length = torch.tensor([tokens.shape[1]], device=tokens.device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size)]
+    torch.distributed.all_gather(lengths, length)
+    pad = int(max(lengths).item()) - tokens.shape[1]
+    tokens = F.pad(tokens, (0, 0, 0, pad))
+    mask = F.pad(mask.to(tokens.dtype), (0, pad))
+    return all_gather_with_grad(tokens), all_gather_with_grad(mask).bool()
+
+
+def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key_mask: Tensor, chunk_size: int) -> Tensor:
+    """FILIP's late interaction (Yao et al., 2022, Eq. 4-5): (Bq, Bk) similarities.
+
+    s_ab = mean over valid tokens n of sample a of max over valid tokens m of sample b of
+    q_an . k_bm. Computed on chunk_size x chunk_size blocks of sample pairs, so the
+    Bq x Bk x Nq x Nk tensor never exists (max's backward keeps only indices).
+    """
+    rows = []
+    key_blocks = list(zip(keys.split(chunk_size), key_mask.split(chunk_size)))
+    for query_block, query_valid in zip(queries.split(chunk_size), query_mask.split(chunk_size)):
+        weights = query_valid.to(queries.dtype)
+        weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
+        row = []
+        for key_block, key_valid in key_blocks:
+            tokens = torch.einsum("and,bmd->abnm", query_block, key_block)
+            best = tokens.masked_fill(~key_valid[None, :, None, :], -math.inf).amax(dim=3)
+            row.append(torch.einsum("abn,an->ab", best, weights))
+        rows.append(torch.cat(row, dim=1))
+    return torch.cat(rows)
+
+
+def filip_loss(
+    image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
+    chunk_size: int = 64, sample_weight: Tensor | None = None,
+) -> Tensor:
+    """FILIP (Yao et al., 2022, Eq. 3-5): InfoNCE on token-wise similarities, both directions.
+
+    Image-to-text uses s^I (mean over patches of the max over words), text-to-image uses
+    s^T (mean over words of the max over patches). Tokens are L2-normalised per token;
+    masks drop padding and special tokens. Each rank scores its images against every
+    rank's texts and its texts against every rank's images.
+    """
+    image_tokens = F.normalize(image_tokens, dim=-1)
+    text_tokens = F.normalize(text_tokens, dim=-1)
+    all_texts, all_text_mask = _gather_tokens(text_tokens, text_mask)
+    all_images, all_image_mask = _gather_tokens(image_tokens, image_mask)
+    labels = _local_labels(image_tokens.shape[0], image_tokens.device)
+    image_to_text = logit_scale * token_wise_similarity(image_tokens, image_mask, all_texts, all_text_mask, chunk_size)
+    text_to_image = logit_scale * token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
+    per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
+    return weighted_mean(per_pair / 2, sample_weight)

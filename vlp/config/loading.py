@@ -21,11 +21,13 @@ Origins = dict[str, str]
 
 def flatten_keys(node: Any, prefix: str = "") -> list[str]:
     """All key paths of a nested container, with list items as ``key[i]``."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=False)
     paths = [prefix] if prefix else []
-    if isinstance(node, (dict, DictConfig)):
+    if isinstance(node, dict):
         for key in node:
             paths += flatten_keys(node[key], f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(node, (list, ListConfig)):
+    elif isinstance(node, list):
         for index, item in enumerate(node):
             paths += flatten_keys(item, f"{prefix}[{index}]")
     return paths
@@ -58,7 +60,23 @@ def _load_with_bases(path: Path, origins: Origins, seen: tuple[Path, ...]) -> Di
         for stale in [p for p in origins if p.startswith(key + "[")]:
             del origins[stale]
         origins[key] = str(path)
+    _drop_replaced_components(merged, config)
     return OmegaConf.merge(merged, config)
+
+
+def _drop_replaced_components(parent: DictConfig, child: DictConfig) -> None:
+    """Where the child picks another component (a different ``name``), forget the parent's arguments.
+
+    Without this, switching ``data.name`` from shapes to digits would keep shapes-only keys.
+    """
+    for key in child:
+        if key not in parent or not isinstance(child[key], DictConfig) or not isinstance(parent[key], DictConfig):
+            continue
+        old, new = parent[key].get("name"), child[key].get("name")
+        if old is not None and new is not None and old != new:
+            parent[key] = {}
+        else:
+            _drop_replaced_components(parent[key], child[key])
 
 
 def load_yaml(path: str | Path, overrides: list[str] = ()) -> tuple[dict[str, Any], Origins]:
@@ -73,6 +91,9 @@ def apply_overrides(config: DictConfig, overrides: list[str], origins: Origins |
     origins = {} if origins is None else origins
     for override in overrides:
         key, value = _parse_override(override)
+        parent_key, _, leaf = key.rpartition(".")
+        if leaf == "name" and parent_key and OmegaConf.select(config, key) not in (None, value):
+            OmegaConf.update(config, parent_key, {}, merge=False)  # another component: drop the old arguments
         try:
             OmegaConf.update(config, key, value, merge=True, force_add=True)
         except (OmegaConfBaseException, TypeError, ValueError, IndexError) as error:

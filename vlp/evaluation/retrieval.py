@@ -45,7 +45,7 @@ def recall_at_k(retrieved: Tensor, relevant_pairs: Tensor, gallery_size: int, ks
     codes = relevant_pairs[:, 0] * gallery_size + relevant_pairs[:, 1]
     query = torch.arange(retrieved.shape[0], device=retrieved.device).unsqueeze(1)
     hits = torch.isin(query * gallery_size + retrieved, codes.to(retrieved.device))
-    return {k: hits[:, :k].any(dim=1).float().mean().item() for k in ks}
+    return {k: hits[:, :k].any(dim=1).sum().item() / retrieved.shape[0] for k in ks}
 
 
 @EVALUATIONS.register("retrieval")

@@ -19,7 +19,7 @@ def class_embeddings(encoder, class_names: list[str], templates: list[str], batc
 
 def topk_accuracy(logits: Tensor, labels: Tensor, k: int) -> float:
     top = logits.topk(min(k, logits.shape[1]), dim=1).indices
-    return (top == labels.unsqueeze(1)).any(dim=1).float().mean().item()
+    return (top == labels.unsqueeze(1)).any(dim=1).sum().item() / labels.shape[0]
 
 
 @EVALUATIONS.register("zero_shot")

@@ -1,0 +1,30 @@
+"""A short run of the default experiment ends far above chance on every metric."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vlp.run import fit
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_default_experiment_learns_far_above_chance(tmp_path):
+    run_dir = fit(
+        str(REPO / "experiments" / "default.yaml"),
+        [
+            f"run_dir={tmp_path / 'run'}",
+            "data.train_size=6000",
+            "data.val_size=400",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+        ],
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
+    assert metrics["zeroshot/colour/top1"] > 0.6  # chance 1/8
+    assert metrics["retrieval/shapes_val/image_to_text_R@10"] > 0.3  # chance about 10/650
+    assert metrics["retrieval/shapes_val/text_to_image_R@10"] > 0.3  # chance 10/400

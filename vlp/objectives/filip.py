@@ -1,0 +1,43 @@
+"""FILIP: token-wise late interaction for contrastive pre-training (Yao et al., 2022)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vlp.functional import filip_loss
+from vlp.objectives.base import Objective
+from vlp.registry import OBJECTIVES
+from vlp.step import Step
+
+
+def word_mask(step: Step) -> Tensor:
+    """Real, non-special text tokens: FILIP drops padding and [BOS]/[EOS]-like tokens."""
+    special = torch.tensor(step.encoder.text_tower.tokenizer.all_special_ids, device=step.batch.input_ids.device)
+    return step.text().mask & ~torch.isin(step.batch.input_ids, special)
+
+
+@OBJECTIVES.register("filip")
+class FILIP(Objective):
+    """Contrastive loss on token-wise max-mean similarities of projected patch and word tokens.
+
+    ``chunk_size`` bounds memory: at most chunk_size^2 x patches x words similarities
+    exist at once. Optional ``sample_weight`` in the batch extras scales each pair's loss.
+    """
+
+    def __init__(self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_log_logit_scale = math.log(max_logit_scale)
+
+    def forward(self, step: Step) -> dict[str, Tensor]:
+        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        image, text = step.image(), step.text()
+        loss = filip_loss(
+            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step), scale,
+            self.chunk_size, step.batch.extras.get("sample_weight"),
+        )
+        return {"loss": loss, "logit_scale": scale.detach()}

@@ -1,0 +1,35 @@
+"""LLaVE's hardness-weighted contrastive loss (Lan et al., 2025)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vlp.functional import llave_loss
+from vlp.objectives.base import Objective
+from vlp.registry import OBJECTIVES
+from vlp.step import Step
+
+
+@OBJECTIVES.register("llave")
+class HardnessWeightedContrastive(Objective):
+    """InfoNCE whose negatives are weighted by exp(alpha * cosine), detached (a reward model).
+
+    ``alpha`` sets how strongly hard negatives count; 0 is InfoNCE. Optional
+    ``sample_weight`` in the batch extras scales each pair's loss.
+    """
+
+    def __init__(self, alpha: float = 9.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_log_logit_scale = math.log(max_logit_scale)
+
+    def forward(self, step: Step) -> dict[str, Tensor]:
+        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        loss = llave_loss(
+            step.image().embedding, step.text().embedding, scale, self.alpha, step.batch.extras.get("sample_weight")
+        )
+        return {"loss": loss, "logit_scale": scale.detach()}

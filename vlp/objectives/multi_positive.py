@@ -1,0 +1,50 @@
+"""Several captions per image as positives (multi-positive InfoNCE; DreamLIP, LoTLIP, COCO's five)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vlp.batch import Batch
+from vlp.encoders.features import Features
+from vlp.functional import multi_positive_infonce
+from vlp.objectives.base import Objective
+from vlp.registry import OBJECTIVES
+from vlp.step import Step, TextView
+
+
+def all_captions(encoder, batch: Batch) -> Features:
+    """Every caption of every image through the text tower, flattened to (B*K, ...)."""
+    ids = batch.extras["captions_input_ids"].flatten(0, 1)
+    mask = batch.extras["captions_attention_mask"].flatten(0, 1)
+    return encoder.text_tower(ids, mask)
+
+
+@OBJECTIVES.register("multi_positive")
+class MultiPositiveContrastive(Objective):
+    """InfoNCE where all K captions of an image are positives; needs ``data.all_captions: true``.
+
+    (Sampling one caption per step needs no objective: the training collate already
+    picks a random caption per image, so plain ``clip`` does it.) Optional
+    ``sample_weight`` in the batch extras scales each image's loss.
+    """
+
+    def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_log_logit_scale = math.log(max_logit_scale)
+
+    def text_views(self) -> dict[str, TextView]:
+        return {"all_captions": all_captions}
+
+    def forward(self, step: Step) -> dict[str, Tensor]:
+        extras = step.batch.extras
+        if "captions_valid" not in extras:
+            raise KeyError("multi_positive needs every caption in the batch: set `data.all_captions: true`.")
+        valid = extras["captions_valid"]
+        captions = step.text("all_captions").embedding.view(*valid.shape, -1)
+        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        loss = multi_positive_infonce(step.image().embedding, captions, valid, scale, extras.get("sample_weight"))
+        return {"loss": loss, "logit_scale": scale.detach()}

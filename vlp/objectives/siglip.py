@@ -1,0 +1,35 @@
+"""SigLIP: pairwise sigmoid loss (Zhai et al., 2023; Tschannen et al., 2025, SigLIP 2)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vlp.functional import sigmoid_loss
+from vlp.objectives.base import Objective
+from vlp.registry import OBJECTIVES
+from vlp.step import Step
+
+
+@OBJECTIVES.register("siglip")
+class SigLIP(Objective):
+    """Sigmoid loss with learnable temperature t = exp(t') and bias b.
+
+    The paper initialises t' = log 10 and b = -10 so the many negatives start with a
+    small loss. Optional ``sample_weight`` in the batch extras scales each image's row.
+    """
+
+    def __init__(self, init_log_scale: float = math.log(10.0), init_bias: float = -10.0) -> None:
+        super().__init__()
+        self.log_logit_scale = nn.Parameter(torch.tensor(float(init_log_scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def forward(self, step: Step) -> dict[str, Tensor]:
+        scale = self.log_logit_scale.exp()
+        loss = sigmoid_loss(
+            step.image().embedding, step.text().embedding, scale, self.logit_bias,
+            step.batch.extras.get("sample_weight"),
+        )
+        return {"loss": loss, "logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}
