@@ -1,4 +1,4 @@
-"""SigLIP: exact values and gradients against the paper's sum, DDP equivalence, learning."""
+"""SigLIP: exact values and gradients against the paper's sum, and DDP equivalence."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from vlp.functional import sigmoid_loss
 from vlp.objectives.siglip import SigLIP
 
-from objective_testing import assert_ddp_matches_single_process, train_and_evaluate
+from objective_testing import assert_ddp_matches_single_process
 
 
 def reference_sigmoid(images, texts, scale, bias, weights=None):
@@ -61,9 +61,3 @@ def test_sigmoid_loss_ddp_equals_single_process(tmp_path: Path):
               "sample_weight": torch.linspace(0.5, 1.5, 8, dtype=torch.float64)}
     params = {"logit_scale": scale.detach(), "logit_bias": bias.detach()}
     assert_ddp_matches_single_process(sigmoid_loss, inputs, params, tmp_path)
-
-
-@pytest.mark.slow
-def test_siglip_learns_shapes_far_above_chance(tmp_path: Path):
-    metrics = train_and_evaluate("siglip.yaml", tmp_path)
-    assert metrics["zeroshot/colour/top1"] > 0.3  # chance is 1/8

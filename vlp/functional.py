@@ -219,3 +219,24 @@ def filip_loss(
     text_to_image = logit_scale * token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
     per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
     return weighted_mean(per_pair / 2, sample_weight)
+
+
+def intra_modality_separation_loss(
+    embeddings: Tensor, paired_embeddings: Tensor, semantic_embeddings: Tensor, logit_scale: Tensor,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """AlignCLIP's IMSep (Eslami & de Melo, 2025, Sec. 4.2): push same-modality embeddings apart.
+
+    Row i is a softmax over the global batch of logits l_ij = scale * (1 - c_ij) x_i.x_j for
+    j != i, where c_ij is the cosine of the pairs' semantic (text) embeddings, so negatives
+    with similar meaning are pushed less; the positive l_ii = scale * x_i.y_i is the
+    cross-modal similarity of the pair. ``semantic_embeddings`` carry no gradient.
+    """
+    x = F.normalize(embeddings, dim=-1)
+    paired = F.normalize(paired_embeddings, dim=-1)
+    semantic = F.normalize(semantic_embeddings.detach(), dim=-1)
+    labels = _local_labels(x.shape[0], x.device)
+    rescaled = (x @ all_gather_with_grad(x).T) * (1 - semantic @ all_gather_with_grad(semantic).T)
+    positive = F.one_hot(labels, rescaled.shape[1]).bool()
+    logits = logit_scale * torch.where(positive, (x * paired).sum(1, keepdim=True), rescaled)
+    return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight)
