@@ -7,6 +7,7 @@ skipped and counted by cause; the caller adds the counts to its :class:`DataQual
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -60,11 +61,16 @@ def require_file(path: str | Path, what: str) -> Path:
     return path
 
 
-def table_rows(path: str | Path) -> Iterator[dict[str, str]]:
-    """Rows of a CSV (or TSV, by extension) as dicts; bytes that are not UTF-8 survive as surrogates."""
+def table_rows(path: str | Path, delimiter: str | None = None, encoding: str = "utf-8") -> Iterator[dict[str, str]]:
+    """Rows of a CSV (or TSV, by extension) as dicts; bytes not in ``encoding`` survive as surrogates.
+
+    A ``.gz`` file is read decompressed (MIMIC-CXR ships its split table gzipped).
+    """
     path = require_file(path, "annotation")
-    delimiter = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as file:
+    plain = path.with_suffix("") if path.suffix == ".gz" else path
+    delimiter = delimiter or ("\t" if plain.suffix.lower() in (".tsv", ".tab") else ",")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", newline="", encoding=encoding, errors="surrogateescape") as file:
         yield from csv.DictReader(file, delimiter=delimiter)
 
 

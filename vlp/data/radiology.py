@@ -1,0 +1,87 @@
+"""Radiology: MIMIC-CXR(-JPG) images with report sections as captions, as in ConVIRT.
+
+Layout: ``mimic-cxr-2.0.0-split.csv(.gz)`` (dicom_id, study_id, subject_id, split),
+images ``files/p10/p10000032/s50414267/<dicom_id>.jpg`` and free-text reports
+``files/p10/p10000032/s50414267.txt`` with sections such as ``FINDINGS:`` and
+``IMPRESSION:``. Each requested non-empty section is one caption of the image.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from vlp.data.decode import clean_captions
+from vlp.data.files import FileDataModule
+from vlp.data.quality import MISSING_FILE, BadSample
+from vlp.data.records import Reading, Record, check_columns, collect, table_rows
+from vlp.registry import DATAMODULES
+
+TEMPLATES = ["a chest x-ray showing {}.", "chest radiograph with {}.", "findings consistent with {}.", "{}."]
+CHEXPERT_COMPETITION = {"atelectasis": "atelectasis", "cardiomegaly": "cardiomegaly", "consolidation": "consolidation",
+                        "edema": "edema", "pleural_effusion": "pleural effusion"}
+SECTION = re.compile(r"^\s*([A-Z][A-Z /&]+):", re.MULTILINE)
+
+
+def report_sections(text: str) -> dict[str, str]:
+    """``{"findings": ..., "impression": ...}``: the text after each ``UPPERCASE:`` heading, whitespace collapsed."""
+    heads = list(SECTION.finditer(text))
+    sections = {}
+    for head, following in zip(heads, heads[1:] + [None]):
+        body = text[head.end() : following.start() if following else len(text)]
+        sections[head.group(1).strip().lower()] = " ".join(body.split())
+    return sections
+
+
+def study_folder(subject_id: str, study_id: str) -> str:
+    return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}"
+
+
+@DATAMODULES.register("mimic_cxr")
+class MimicCxrDataModule(FileDataModule):
+    """MIMIC-CXR-JPG images (``root``) with MIMIC-CXR reports (``reports_root``, default ``root``)."""
+
+    TEMPLATES = TEMPLATES
+    CLASS_NAMES = CHEXPERT_COMPETITION
+
+    def __init__(
+        self,
+        root: str,
+        reports_root: str | None = None,
+        split_file: str = "mimic-cxr-2.0.0-split.csv.gz",
+        sections: list[str] | None = None,
+        train_split: str = "train",
+        val_split: str = "validate",
+        image_size: int = 224,
+        image_encoder: str | None = None,
+        image_encoder_kwargs: dict | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        all_captions: bool = False,
+        max_bad_fraction: float = 0.01,
+        zero_shot_folders: list[str] | None = None,
+    ) -> None:
+        super().__init__(root, image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        self.reports_root = Path(reports_root or root)
+        self.split_file = Path(root) / split_file
+        self.sections = [s.lower() for s in (sections or ["findings", "impression"])]
+        self.splits = {"train": train_split, "val": val_split}
+
+    def captions(self, subject_id: str, study_id: str) -> list[str]:
+        report = self.reports_root / f"{study_folder(subject_id, study_id)}.txt"
+        if not report.is_file():
+            raise BadSample(MISSING_FILE, str(report))
+        found = report_sections(report.read_bytes().decode("utf-8", "surrogateescape"))
+        return clean_captions([found.get(name, "") for name in self.sections])
+
+    def read(self, split: str) -> Reading | None:
+        def to_record(index: int, row: dict[str, str]) -> Record | None:
+            if index == 0:
+                check_columns(row, ("dicom_id", "study_id", "subject_id", "split"), self.split_file)
+            if row["split"] != self.splits[split]:
+                return None
+            image = f"{study_folder(row['subject_id'], row['study_id'])}/{row['dicom_id']}.jpg"
+            return Record(row["dicom_id"], image, self.captions(row["subject_id"], row["study_id"]))
+
+        return collect(table_rows(self.split_file), to_record)

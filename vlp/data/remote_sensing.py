@@ -1,0 +1,108 @@
+"""Remote sensing: RSICD, UCM-Captions and Sydney-Captions (Karpathy JSON) and RS5M (WebDataset shards).
+
+RSICD names its images ``<scene>_<n>.jpg`` and UCM-Captions numbers the UC Merced
+land-use images 1..2100 in 21 alphabetical classes of 100, so both carry a built-in
+zero-shot scene-classification task on their evaluation split.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from vlp.data.karpathy import KarpathyDataModule
+from vlp.data.web_shards import WebDatasetDataModule
+from vlp.evaluation.base import ZeroShotTask
+from vlp.registry import DATAMODULES
+
+TEMPLATES = ["a satellite image of {}.", "an aerial photograph of {}.", "a remote sensing image of {}.", "{} seen from above."]
+UCM_CLASSES = [
+    "agricultural land", "airplane", "baseball diamond", "beach", "buildings", "chaparral", "dense residential area",
+    "forest", "freeway", "golf course", "harbor", "intersection", "medium residential area", "mobile home park",
+    "overpass", "parking lot", "river", "runway", "sparse residential area", "storage tanks", "tennis court",
+]
+UCM_FOLDERS = {n.replace(" land", "").replace(" area", "").replace(" ", ""): n for n in UCM_CLASSES}  # UCMerced_LandUse folders
+RSICD_SCENE = re.compile(r"^([a-z]+)_\d+$")
+RSICD_NAMES = {"baseballfield": "baseball field", "bareland": "bare land", "denseresidential": "dense residential area",
+               "mediumresidential": "medium residential area", "sparseresidential": "sparse residential area",
+               "playground": "playground", "railwaystation": "railway station", "storagetanks": "storage tanks"}
+
+
+class RemoteSensingCaptions(KarpathyDataModule):
+    """A Karpathy-JSON remote-sensing caption set: ``root`` holds the JSON and the image folder."""
+
+    ANNOTATIONS = ""
+    IMAGES = ""
+    TEMPLATES = TEMPLATES
+    CLASS_NAMES = UCM_FOLDERS
+
+    def __init__(
+        self,
+        root: str,
+        annotations: str | None = None,
+        images: str | None = None,
+        eval_split: str = "test",
+        image_size: int = 224,
+        image_encoder: str | None = None,
+        image_encoder_kwargs: dict | None = None,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        all_captions: bool = False,
+        max_bad_fraction: float = 0.01,
+        zero_shot_folders: list[str] | None = None,
+    ) -> None:
+        super().__init__(str(Path(root) / (annotations or self.ANNOTATIONS)), eval_split, str(Path(root) / (images or self.IMAGES)),
+                         image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+
+    def scene(self, filename: str) -> str | None:
+        """The scene class of an image from its file name, or None when the name does not say."""
+        return None
+
+    def zero_shot_tasks(self) -> list[ZeroShotTask]:
+        scenes = {r.key: self.scene(Path(r.image).stem) for r in self.val_records}
+        records = [r for r in self.val_records if scenes[r.key] is not None]
+        if not records:
+            return super().zero_shot_tasks()
+        classes = sorted({scenes[r.key] for r in records})
+        good, images = self.eval_images(records, self.root, f"{self.registry_name} scenes")
+        labels = torch.tensor([classes.index(scenes[r.key]) for r in good])
+        return [ZeroShotTask(f"{self.registry_name}_scene", classes, self.TEMPLATES, images, labels)] + super().zero_shot_tasks()
+
+
+@DATAMODULES.register("rsicd")
+class RsicdDataModule(RemoteSensingCaptions):
+    """RSICD: 10,921 images, 5 captions each; ``dataset_rsicd.json`` and ``RSICD_images/``."""
+
+    ANNOTATIONS, IMAGES = "dataset_rsicd.json", "RSICD_images"
+
+    def scene(self, filename: str) -> str | None:
+        match = RSICD_SCENE.match(filename)
+        return None if match is None else RSICD_NAMES.get(match.group(1), match.group(1))
+
+
+@DATAMODULES.register("ucm_captions")
+class UcmCaptionsDataModule(RemoteSensingCaptions):
+    """UCM-Captions: the 2,100 UC Merced images (``imgs/<n>.tif``), 5 captions each; ``dataset.json``."""
+
+    ANNOTATIONS, IMAGES = "dataset.json", "imgs"
+
+    def scene(self, filename: str) -> str | None:
+        return UCM_CLASSES[(int(filename) - 1) // 100] if filename.isdigit() and 1 <= int(filename) <= 2100 else None
+
+
+@DATAMODULES.register("sydney_captions")
+class SydneyCaptionsDataModule(RemoteSensingCaptions):
+    """Sydney-Captions: 613 images (``imgs/<n>.tif``), 5 captions each; ``dataset.json``."""
+
+    ANNOTATIONS, IMAGES = "dataset.json", "imgs"
+
+
+@DATAMODULES.register("rs5m")
+class Rs5mDataModule(WebDatasetDataModule):
+    """RS5M's WebDataset shards (``jpg`` + ``txt``), with remote-sensing prompts for ``zero_shot_folders``."""
+
+    TEMPLATES = TEMPLATES
+    CLASS_NAMES = UCM_FOLDERS
