@@ -1,0 +1,78 @@
+"""Look at the data an experiment will train on: counts, caption lengths, and a PNG grid of samples.
+
+    python tools/inspect_data.py experiments/data/csv.yaml --grid samples.png --count 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import textwrap
+from collections import Counter
+
+import torch
+from PIL import Image, ImageDraw
+
+from vlp.build import build_datamodule
+from vlp.config.experiment import load_experiment
+
+
+def words(texts: list[str]) -> list[int]:
+    return [len(t.split()) for t in texts]
+
+
+def histogram(lengths: list[int], bins: tuple[int, ...] = (0, 5, 10, 20, 40, 77, 10**9)) -> list[str]:
+    """Text bars of caption lengths in words (77 is CLIP's context length in tokens, a rough guide)."""
+    counts = Counter(next(f"{lo}-{hi - 1}" if hi < 10**9 else f"{lo}+" for lo, hi in zip(bins, bins[1:]) if lo <= n < hi) for n in lengths)
+    width = max(counts.values(), default=1)
+    return [f"{label:>7} words {counts[label]:8d} {'#' * round(40 * counts[label] / width)}" for label in
+            [f"{lo}-{hi - 1}" if hi < 10**9 else f"{lo}+" for lo, hi in zip(bins, bins[1:])]]
+
+
+def grid(images: torch.Tensor, captions: list[str], cell: int = 160) -> Image.Image:
+    """Images (N, 3, H, W) in [0, 1] in a square grid, each with its caption wrapped underneath."""
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    canvas = Image.new("RGB", (columns * cell, rows * (cell + 48)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        x, y = (i % columns) * cell, (i // columns) * (cell + 48)
+        pixels = (image.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        canvas.paste(Image.fromarray(pixels).resize((cell - 8, cell - 8)), (x + 4, y + 4))
+        draw.multiline_text((x + 4, y + cell), "\n".join(textwrap.wrap(caption, 28)[:3]), fill="black")
+    return canvas
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("experiment")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, as for vlp fit")
+    parser.add_argument("--grid", default="samples.png")
+    parser.add_argument("--count", type=int, default=16)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    datamodule = build_datamodule(load_experiment(args.experiment, args.overrides))
+    datamodule.setup("fit")
+    datamodule.attach_tokenizer(lambda texts: (torch.zeros(len(texts), 1, dtype=torch.long),) * 2)
+    datamodule.batch_size = args.count
+    batch = next(iter(datamodule.train_dataloader()))
+    datamodule.record_quality(batch)
+    corpus = datamodule.caption_corpus()
+    lengths = words(corpus)
+    grid(batch.images, _captions(datamodule, batch)).save(args.grid)
+    summary = {"train_batches": len(datamodule.train_dataloader()), "texts": len(corpus), "quality": datamodule.quality.as_dict()}
+    print(f"{datamodule.registry_name}: {summary['train_batches']} training batches, {len(corpus)} texts")
+    print("\n".join(histogram(lengths)))
+    print(f"bad samples so far: {summary['quality']['skipped'] or 'none'}; grid of {len(batch)} samples written to {args.grid}")
+    return summary
+
+
+def _captions(datamodule, batch) -> list[str]:
+    """The captions of a batch, looked up by key when the dataset keeps records, else the keys."""
+    records = {r.key: r for r in getattr(datamodule.train_set, "records", [])}
+    keys = batch.extras.get("key", [])
+    return [records[k].captions[0] if k in records else str(k) for k in keys] or [""] * len(batch)
+
+
+if __name__ == "__main__":
+    main()
