@@ -1,0 +1,86 @@
+"""transformers CLIP/SigLIP directories: vlp's embeddings equal the original model's on the same inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel
+
+from vlp.encoders.hf_clip import HFCLIPImageEncoder, HFCLIPTextEncoder
+from vlp.model import DualEncoder
+from vlp.registry import ConfigError
+from vlp.text.word_tokenizer import build_word_tokenizer
+
+CORPUS = ["a red circle", "a large blue square at the top", "green", "two small triangles on the left"]
+TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIPModel saved with its tokenizer and preprocessor config."""
+    path = tmp_path_factory.mktemp("clip")
+    tokenizer = build_word_tokenizer(CORPUS)
+    text = {**TOWER, "vocab_size": len(tokenizer), "max_position_embeddings": 16, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    vision = {**TOWER, "image_size": 32, "patch_size": 8}
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": MEAN, "image_std": STD}))
+    return path
+
+
+def test_clip_directory_embeddings_equal_transformers(clip_dir: Path):
+    encoder = DualEncoder(HFCLIPImageEncoder(24, str(clip_dir)), HFCLIPTextEncoder(24, str(clip_dir))).eval()
+    reference = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
+    tokenizer = encoder.text_tower.tokenizer
+    images = torch.rand(3, 3, 32, 32)
+    texts = CORPUS[:3]
+    with torch.no_grad():
+        pixels = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        expected_image = reference.get_image_features(pixel_values=pixels).pooler_output
+        expected_text = reference.get_text_features(**tokenizer(texts, padding=True, return_tensors="pt")).pooler_output
+        torch.testing.assert_close(encoder.encode_image(images), F.normalize(expected_image, dim=-1))
+        torch.testing.assert_close(encoder.encode_text(texts), F.normalize(expected_text, dim=-1))
+
+
+def test_clip_image_tokens_share_the_pooled_feature_space(clip_dir: Path):
+    tower = HFCLIPImageEncoder(24, str(clip_dir)).eval()
+    reference = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        features = tower(images)
+        pixels = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        hidden = reference.vision_model(pixel_values=pixels).last_hidden_state
+    assert features.tokens.shape == (2, 16, 32) and features.mask.all()
+    torch.testing.assert_close(features.tokens, reference.vision_model.post_layernorm(hidden[:, 1:]))
+
+
+def test_clip_embed_dim_must_match_the_projection(clip_dir: Path):
+    with pytest.raises(ConfigError, match="model.embed_dim is 16 but the visual projection .* outputs 24 dimensions"):
+        HFCLIPImageEncoder(16, str(clip_dir))
+
+
+def test_clip_weights_that_do_not_fit_the_config_are_listed(clip_dir: Path, tmp_path: Path):
+    broken = tmp_path / "broken"
+    shutil.copytree(clip_dir, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["vision_config"]["num_hidden_layers"] = 3
+    config["text_config"]["intermediate_size"] = 48
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"missing: vision_model\.encoder\.layers\.2\..*wrong shape: text_model\.encoder\.layers\.0\.mlp\.fc1"):
+        HFCLIPImageEncoder(24, str(broken))
+
+
+def test_a_directory_of_another_family_is_refused(clip_dir: Path, tmp_path: Path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "siglip"}))
+    with pytest.raises(ConfigError, match='holds a "siglip" model but the "hf_clip" tower reads "clip" models'):
+        HFCLIPTextEncoder(24, str(other))
