@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from vlp.encoders.hf_clip import HFCLIPImageEncoder, HFCLIPTextEncoder
+from vlp.encoders.hf_siglip import HFSiglipImageEncoder, HFSiglipTextEncoder
 from vlp.model import DualEncoder
 from vlp.registry import ConfigError
 from vlp.text.word_tokenizer import build_word_tokenizer
@@ -84,3 +85,35 @@ def test_a_directory_of_another_family_is_refused(clip_dir: Path, tmp_path: Path
     (other / "config.json").write_text(json.dumps({"model_type": "siglip"}))
     with pytest.raises(ConfigError, match='holds a "siglip" model but the "hf_clip" tower reads "clip" models'):
         HFCLIPTextEncoder(24, str(other))
+
+
+@pytest.fixture(scope="module")
+def siglip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SiglipModel with its tokenizer and no preprocessor config (SigLIP's 0.5/0.5 apply)."""
+    path = tmp_path_factory.mktemp("siglip")
+    tokenizer = build_word_tokenizer(CORPUS)
+    text = {**TOWER, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(0)
+    SiglipModel(SiglipConfig(text_config=text, vision_config={**TOWER, "image_size": 32, "patch_size": 8})).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_siglip_directory_embeddings_equal_transformers(siglip_dir: Path):
+    encoder = DualEncoder(HFSiglipImageEncoder(32, str(siglip_dir)), HFSiglipTextEncoder(32, str(siglip_dir))).eval()
+    reference = SiglipModel.from_pretrained(siglip_dir, local_files_only=True).eval()
+    tokenizer = encoder.text_tower.tokenizer
+    images = torch.rand(3, 3, 32, 32)
+    texts = CORPUS[1:]
+    with torch.no_grad():
+        expected_image = reference.get_image_features(pixel_values=(images - 0.5) / 0.5).pooler_output
+        ids = tokenizer(texts, padding="max_length", max_length=64, return_tensors="pt")["input_ids"]
+        expected_text = reference.get_text_features(input_ids=ids).pooler_output
+        torch.testing.assert_close(encoder.encode_image(images), F.normalize(expected_image, dim=-1))
+        torch.testing.assert_close(encoder.encode_text(texts), F.normalize(expected_text, dim=-1))
+    assert encoder.text_tower.tokenize(texts)[0].shape == (3, 64)
+
+
+def test_siglip_embed_dim_must_equal_the_head_width(siglip_dir: Path):
+    with pytest.raises(ConfigError, match="model.embed_dim is 24 but the vision pooling head .* outputs 32 dimensions; set model.embed_dim: 32"):
+        HFSiglipImageEncoder(24, str(siglip_dir))
