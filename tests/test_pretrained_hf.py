@@ -13,6 +13,7 @@ from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from vlp.encoders.hf_clip import HFCLIPImageEncoder, HFCLIPTextEncoder
 from vlp.encoders.hf_siglip import HFSiglipImageEncoder, HFSiglipTextEncoder
+from vlp.encoders.pretrained_scales import read_scales
 from vlp.model import DualEncoder
 from vlp.registry import ConfigError
 from vlp.text.word_tokenizer import build_word_tokenizer
@@ -117,3 +118,26 @@ def test_siglip_directory_embeddings_equal_transformers(siglip_dir: Path):
 def test_siglip_embed_dim_must_equal_the_head_width(siglip_dir: Path):
     with pytest.raises(ConfigError, match="model.embed_dim is 24 but the vision pooling head .* outputs 32 dimensions; set model.embed_dim: 32"):
         HFSiglipImageEncoder(24, str(siglip_dir))
+
+
+def test_scales_are_read_from_clip_and_siglip_directories(clip_dir: Path, siglip_dir: Path):
+    clip = CLIPModel.from_pretrained(clip_dir, local_files_only=True)
+    siglip = SiglipModel.from_pretrained(siglip_dir, local_files_only=True)
+    assert read_scales(str(clip_dir)).log_logit_scale == clip.logit_scale.item()
+    assert read_scales(str(clip_dir)).logit_bias is None
+    scales = read_scales(str(siglip_dir), need_bias=True)
+    assert (scales.log_logit_scale, scales.logit_bias) == (siglip.logit_scale.item(), siglip.logit_bias.item())
+    with pytest.raises(ConfigError, match="holds no logit_bias"):
+        read_scales(str(clip_dir), need_bias=True)
+
+
+def test_scales_are_found_in_sharded_weights(tmp_path: Path):
+    torch.manual_seed(0)
+    model = SiglipModel(SiglipConfig(text_config=TOWER, vision_config={**TOWER, "image_size": 16, "patch_size": 8}))
+    with torch.no_grad():
+        model.logit_scale.fill_(1.25)
+        model.logit_bias.fill_(-3.5)
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    scales = read_scales(str(tmp_path))
+    assert (scales.log_logit_scale, scales.logit_bias) == (1.25, -3.5)
