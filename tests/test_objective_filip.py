@@ -9,7 +9,7 @@ import torch
 
 from vlp.functional import filip_loss, token_wise_similarity
 
-from objective_testing import assert_ddp_matches_single_process, train_and_evaluate
+from objective_testing import assert_ddp_matches_single_process
 
 
 def reference_filip(image_tokens, image_mask, text_tokens, text_mask, scale, weights=None):
@@ -82,9 +82,3 @@ def test_filip_ddp_equals_single_process(tmp_path: Path):
               "text_tokens": text_tokens.detach(), "text_mask": text_mask,
               "sample_weight": torch.linspace(0.5, 1.5, 8, dtype=torch.float64)}
     assert_ddp_matches_single_process(filip_on_trimmed_captions, inputs, {"logit_scale": scale.detach()}, tmp_path)
-
-
-@pytest.mark.slow
-def test_filip_learns_shapes_far_above_chance(tmp_path: Path):
-    metrics = train_and_evaluate("filip.yaml", tmp_path)
-    assert metrics["zeroshot/colour/top1"] > 0.25  # chance is 1/8
