@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from torch import Tensor
 from transformers import CLIPModel
 
@@ -18,8 +19,6 @@ from vlp.encoders.hf_directory import (
 from vlp.encoders.towers import Tower
 from vlp.registry import IMAGE_ENCODERS, TEXT_ENCODERS, ConfigError
 
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LEGACY_EOS_ID = 2  # transformers pools the highest token id when a CLIP config says eos_token_id == 2
 
 
