@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
+from vlp.build import build_datamodule, build_module
+from vlp.config.experiment import load_experiment
 from vlp.encoders.hf_clip import HFCLIPImageEncoder, HFCLIPTextEncoder
 from vlp.encoders.hf_siglip import HFSiglipImageEncoder, HFSiglipTextEncoder
 from vlp.encoders.pretrained_scales import read_scales
@@ -18,6 +20,7 @@ from vlp.model import DualEncoder
 from vlp.registry import ConfigError
 from vlp.text.word_tokenizer import build_word_tokenizer
 
+REPO = Path(__file__).resolve().parents[1]
 CORPUS = ["a red circle", "a large blue square at the top", "green", "two small triangles on the left"]
 TOWER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
 MEAN, STD = [0.2, 0.3, 0.4], [0.5, 0.6, 0.7]
@@ -141,3 +144,16 @@ def test_scales_are_found_in_sharded_weights(tmp_path: Path):
     assert (tmp_path / "model.safetensors.index.json").is_file()
     scales = read_scales(str(tmp_path))
     assert (scales.log_logit_scale, scales.logit_bias) == (1.25, -3.5)
+
+
+def test_example_yaml_builds_towers_equal_to_the_directory(clip_dir: Path):
+    overrides = [f"model.image_encoder.pretrained={clip_dir}", f"model.text_encoder.pretrained={clip_dir}", "model.embed_dim=24",
+                 "data.image_size=32", "data.train_size=8", "data.val_size=8", "data.batch_size=4"]
+    experiment = load_experiment(REPO / "experiments" / "pretrained" / "hf_clip.yaml", overrides)
+    encoder = build_module(experiment, build_datamodule(experiment)).encoder.eval()
+    reference = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        pixels = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        expected = F.normalize(reference.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+        torch.testing.assert_close(encoder.encode_image(images), expected)

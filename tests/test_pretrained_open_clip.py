@@ -8,6 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from vlp.build import build_datamodule, build_module
+from vlp.config.experiment import load_experiment
 from vlp.encoders.open_clip import OpenCLIPImageEncoder, OpenCLIPTextEncoder
 from vlp.encoders.openai_bpe import save_openai_bpe_tokenizer
 from vlp.encoders.pretrained_scales import read_scales
@@ -16,6 +18,7 @@ from vlp.registry import ConfigError
 
 open_clip = pytest.importorskip("open_clip")
 
+REPO = Path(__file__).resolve().parents[1]
 VISION = {"layers": 2, "width": 32, "head_width": 16, "patch_size": 8, "image_size": 32, "mlp_ratio": 2.0}
 TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
 TEXTS = ["a photo of a cat", "Two dogs playing in the snow, at dusk!", "a very long caption " * 6]
@@ -103,3 +106,16 @@ def test_a_checkpoint_without_an_open_clip_vit_is_refused(tmp_path: Path):
     path = str(save({"logit_scale": torch.tensor(2.0)}, tmp_path / "scale_only.safetensors"))
     with pytest.raises(ConfigError, match="holds no open_clip ViT image tower"):
         OpenCLIPImageEncoder(24, path)
+
+
+def test_example_yaml_builds_towers_equal_to_open_clip(tmp_path: Path, bpe_tokenizer: Path):
+    model = tiny_open_clip()
+    path = save(model.state_dict(), tmp_path / "open_clip.safetensors")
+    overrides = [f"model.image_encoder.checkpoint={path}", f"model.text_encoder.tokenizer={bpe_tokenizer}", "model.embed_dim=24",
+                 "model.image_encoder.num_heads=2", "model.text_encoder.num_heads=2",
+                 "data.image_size=32", "data.train_size=8", "data.val_size=8", "data.batch_size=4"]
+    experiment = load_experiment(REPO / "experiments" / "pretrained" / "open_clip.yaml", overrides)
+    encoder = build_module(experiment, build_datamodule(experiment)).encoder.eval()
+    with torch.no_grad():
+        expected = model.encode_text(open_clip.tokenize(TEXTS, context_length=16), normalize=True)
+        torch.testing.assert_close(encoder.encode_text(TEXTS), expected)
