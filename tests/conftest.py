@@ -33,3 +33,19 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
 @pytest.fixture
 def default_experiment() -> Path:
     return REPO / "experiments" / "default.yaml"
+
+# Small enough to train in well under a minute on 2 cores, big enough to learn colours
+# and retrieval far above chance: for learning tests of objectives.
+LEARNING_OVERRIDES = [
+    "model.embed_dim=64",
+    "model.image_encoder.model_kwargs={img_size: 32, patch_size: 8, embed_dim: 64, depth: 2, num_heads: 2, mlp_ratio: 2.0}",
+    "model.text_encoder.config={model_type: clip_text_model, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 1, num_attention_heads: 2}",
+    "data.train_size=4000",
+    "data.val_size=300",
+    "data.batch_size=64",
+    "optim.lr=2e-3",
+    "optim.warmup_steps=20",
+    "trainer.max_epochs=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]

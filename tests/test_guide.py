@@ -29,7 +29,7 @@ def test_guide_example_objective_trains_and_logs(tmp_path: Path, tiny_overrides,
     experiment = tmp_path / "uniformity.yaml"
     experiment.write_text(yaml_text)
     run_dir = fit(str(experiment), tiny_overrides)
-    with open(run_dir / "csv" / "metrics.csv") as handle:
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     for column in ("train/uniformity/loss", "train/uniformity/image", "train/uniformity/text", "train/clip/loss"):
         assert any(row[column] for row in rows), column

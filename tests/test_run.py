@@ -19,9 +19,10 @@ EXPERIMENT = str(REPO / "experiments" / "default.yaml")
 
 def test_fit_resume_eval_round_trip(tiny_overrides, tmp_path: Path):
     run_dir = fit(EXPERIMENT, tiny_overrides)
-    for name in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "csv/metrics.csv"):
+    for name in ("config.yaml", "metrics.json", "checkpoints/last.ckpt", "csv/version_0/metrics.csv"):
         assert (run_dir / name).is_file(), name
-    assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert any((run_dir / "tensorboard" / "version_0").glob("events.out.tfevents.*"))
+    first_log = (run_dir / "csv" / "version_0" / "metrics.csv").read_text()
     first = json.loads((run_dir / "metrics.json").read_text())
     steps_per_epoch = 256 // 32
     assert first["global_step"] == steps_per_epoch
@@ -33,6 +34,8 @@ def test_fit_resume_eval_round_trip(tiny_overrides, tmp_path: Path):
     assert resumed == run_dir
     second = json.loads((run_dir / "metrics.json").read_text())
     assert second["global_step"] == 2 * steps_per_epoch
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").read_text() == first_log  # earlier logs kept
+    assert (run_dir / "csv" / "version_1" / "metrics.csv").is_file()
 
     metrics = evaluate(str(run_dir / "checkpoints" / "last.ckpt"), output=str(tmp_path / "eval.json"))
     assert metrics == pytest.approx(second["metrics"], abs=1e-6)

@@ -6,11 +6,15 @@ import inspect
 from typing import Any
 
 import yaml
+from torch import nn
 
 from vlp.config.experiment import Component, Experiment
 from vlp.data.base import ImageTextDataModule
 from vlp.model import DualEncoder, VLPModule
+from vlp.encoders.weights import read_state_dict
+from vlp.registry import ConfigError
 from vlp.text.word_tokenizer import build_word_tokenizer, tokenizer_from_json
+from vlp.tuning import apply_tuning
 
 
 def instantiate(component: Component, **injected: Any) -> Any:
@@ -41,15 +45,36 @@ def build_module(experiment: Experiment, datamodule: ImageTextDataModule, tokeni
     text_tower = instantiate(experiment.text_encoder, embed_dim=experiment.embed_dim, default_tokenizer=default_tokenizer)
     objectives = {o.name: instantiate(o, embed_dim=experiment.embed_dim) for o in experiment.objectives}
     datamodule.attach_tokenizer(text_tower.tokenize)
+    encoder = DualEncoder(image_tower, text_tower)
+    if experiment.init_from is not None:
+        load_partial(nn.ModuleDict({"encoder": encoder, "objectives": nn.ModuleDict(objectives)}), experiment.init_from)
+    apply_tuning(image_tower, experiment.image_tuning)
+    apply_tuning(text_tower, experiment.text_tuning)
+    for objective in objectives.values():
+        objective.requires_grad_(experiment.train_objectives)
     state = {
         "config": yaml.safe_dump(experiment.resolved, sort_keys=False),
         "tokenizer": corpus_tokenizer.get("json"),
     }
     return VLPModule(
-        encoder=DualEncoder(image_tower, text_tower),
+        encoder=encoder,
         objectives=objectives,
         weights={o.name: o.weight for o in experiment.objectives},
         optim=experiment.optim,
         evaluations=[instantiate(e) for e in experiment.evaluations],
         state=state,
     )
+
+
+def load_partial(module: nn.Module, path: str) -> None:
+    """Load a (partial) vlp state dict, e.g. exported heads; every key in it must fit the model."""
+    state = read_state_dict(path)
+    own = module.state_dict()
+    unknown = sorted(k for k in state if k not in own)
+    misfit = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if unknown or misfit:
+        raise ConfigError(
+            f"model.init_from {path} does not fit this model (unknown keys: {unknown[:5]}, wrong shapes: {misfit[:5]}); "
+            f"check that it was exported from the same architecture."
+        )
+    module.load_state_dict(state, strict=False)

@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit")
     evaluate.add_argument("--out", help="where to write the metrics JSON (default: next to the run's checkpoints)")
     evaluate.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.val_size=2000")
+    export = commands.add_parser("export", help="merge adapters and write the model in reusable formats")
+    export.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit")
+    export.add_argument("--out", required=True, help="a new directory to write")
+    export.add_argument("--format", choices=["directory", "safetensors"], default="directory",
+                        help="directory: transformers save_pretrained + timm safetensors + heads; safetensors: one file")
     config = commands.add_parser("config", help="print the resolved, validated config")
     config.add_argument("experiment")
     config.add_argument("overrides", nargs="*")
@@ -39,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
             from vlp.run import evaluate
 
             evaluate(args.ckpt, args.overrides, output=args.out)
+        elif args.command == "export":
+            from vlp.export import export
+
+            print(f"Exported to {export(args.ckpt, args.out, args.format)}")
         else:
             from vlp.config.experiment import load_experiment
 

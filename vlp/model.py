@@ -115,8 +115,44 @@ class VLPModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def reloadable_keys(self) -> set[str]:
+        """State keys that the config reloads by itself: frozen weights from a local pretrained source.
+
+        Checkpoints leave them out, so a LoRA or locked-tower checkpoint holds only what
+        trained (plus the config that names the base weights).
+        """
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        keys = set()
+        for tower_name in ("image_tower", "text_tower"):
+            tower = getattr(self.encoder, tower_name)
+            prefixes = tuple(f"encoder.{tower_name}.{part}" for part in tower.pretrained_parts)
+            if prefixes:
+                keys.update(k for k in self.state_dict() if k.startswith(prefixes) and k not in trainable)
+        return keys
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vlp"] = self.vlp_state
+        reloadable = self.reloadable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in reloadable}
+
+    def check_trained_state(self, state_dict: dict[str, Tensor]) -> None:
+        """Only reloadable (frozen, pretrained) keys may be absent from a vlp checkpoint, and none extra."""
+        own = set(self.state_dict())
+        missing = own - set(state_dict) - self.reloadable_keys()
+        unexpected = set(state_dict) - own
+        if missing or unexpected:
+            raise ConfigError(
+                f"Checkpoint weights do not fit the configured model (missing: {sorted(missing)[:5]}, "
+                f"unexpected: {sorted(unexpected)[:5]}); use it with the config it was trained with."
+            )
+
+    def load_trained_state(self, state_dict: dict[str, Tensor]) -> None:
+        self.check_trained_state(state_dict)
+        self.load_state_dict(state_dict, strict=False)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_trained_state(checkpoint["state_dict"])
+        self.strict_loading = False  # checked above: absent keys are exactly reloadable ones
 
 
 def _collect_views(views: dict, declared: list[dict], tower: str) -> dict:

@@ -33,10 +33,18 @@ def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
     return str(path)
 
 
-def format_table(metrics: dict[str, float]) -> str:
-    width = max(len(k) for k in metrics) if metrics else 10
-    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
-    lines += [f"{name:<{width}}  {value:6.4f}" for name, value in sorted(metrics.items())]
+def format_table(metrics: dict[str, float], before: dict[str, float] | None = None) -> str:
+    """Metrics as a text table; with ``before``, also the starting model's values and the change."""
+    width = max((len(k) for k in metrics), default=10)
+    if before is None:
+        lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+        lines += [f"{name:<{width}}  {value:6.4f}" for name, value in sorted(metrics.items())]
+    else:
+        lines = [f"{'metric':<{width}}  before   after   change", f"{'-' * width}  ------  ------  ------"]
+        lines += [
+            f"{name:<{width}}  {before.get(name, float('nan')):6.4f}  {value:6.4f}  {value - before.get(name, float('nan')):+6.4f}"
+            for name, value in sorted(metrics.items())
+        ]
     return "\n".join(lines)
 
 
@@ -69,23 +77,29 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
     trainer = L.Trainer(
         default_root_dir=run_dir,
-        logger=[TensorBoardLogger(run_dir, name="tensorboard", version=""), CSVLogger(run_dir, name="csv", version="")],
+        # Versioned log directories: a resumed run adds version_1, ... and never rewrites earlier logs.
+        logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")],
         callbacks=[checkpoints],
         **experiment.trainer,
     )
+    before = module.evaluate(datamodule) if experiment.run.evaluate_before and resume_path is None else None
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
     train_seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return run_dir
     metrics = module.evaluate(datamodule)
-    write_metrics(
-        run_dir / "metrics.json",
-        metrics,
-        {"experiment": experiment.run.name, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-         "train_seconds": round(train_seconds, 1), "global_step": trainer.global_step},
-    )
-    print(format_table(metrics))
+    extra = {"experiment": experiment.run.name, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+             "train_seconds": round(train_seconds, 1), "global_step": trainer.global_step}
+    if before is not None:
+        extra["before"] = before
+        extra["change"] = {name: value - before[name] for name, value in metrics.items() if name in before}
+    quality = getattr(datamodule, "quality", None)
+    if quality is not None:
+        datamodule.write_quality()
+        extra["data_quality"] = quality.as_dict()
+    write_metrics(run_dir / "metrics.json", metrics, extra)
+    print(format_table(metrics, before))
     print(f"Run directory: {run_dir}")
     return run_dir
 
@@ -119,7 +133,7 @@ def evaluate(checkpoint_path: str, overrides: list[str] = (), output: str | None
     datamodule = build_datamodule(experiment)
     datamodule.setup("validate")
     module = build_module(experiment, datamodule, tokenizer_json=stored["tokenizer"])
-    module.load_state_dict(checkpoint["state_dict"])
+    module.load_trained_state(checkpoint["state_dict"])
     if torch.cuda.is_available():
         module.cuda()
     metrics = module.evaluate(datamodule)

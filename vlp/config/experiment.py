@@ -4,7 +4,9 @@ YAML layout (it mirrors the object tree)::
 
     name, seed, run_dir, plugins
     model: {embed_dim, image_encoder: {name, ...}, text_encoder: {name, ...},
-            objectives: [{name, weight, ...}, ...]}
+            objectives: [{name, weight, ...}, ...],
+            tuning: {image: {mode, ...}, text: {...}},   # vlp.tuning: full / locked / lora
+            init_from}                                    # safetensors of (some) module weights
     data: {name, ...}
     optim: {...}            # vlp.optim.OptimConfig
     trainer: {...}          # keyword arguments of lightning.Trainer
@@ -24,6 +26,7 @@ from omegaconf import OmegaConf
 from vlp.config.loading import apply_overrides, load_yaml, origin_of
 from vlp.config.schema import build_dataclass, check_values, matches
 from vlp.optim import OptimConfig
+from vlp.tuning import TowerTuning, parse_tuning
 from vlp.registry import DATAMODULES, EVALUATIONS, IMAGE_ENCODERS, OBJECTIVES, TEXT_ENCODERS, ConfigError, Registry, import_plugins
 
 INJECTED = ("embed_dim", "default_tokenizer")
@@ -42,6 +45,7 @@ class RunSettings:
     seed: int = 0
     run_dir: str | None = None
     plugins: list[str] = field(default_factory=list)
+    evaluate_before: bool = False
 
 
 @dataclass
@@ -50,6 +54,8 @@ class ModelSection:
     image_encoder: dict[str, Any]
     text_encoder: dict[str, Any]
     objectives: list[dict[str, Any]]
+    tuning: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
 
 @dataclass
@@ -73,6 +79,10 @@ class Experiment:
     image_encoder: Component
     text_encoder: Component
     objectives: list[Component]
+    image_tuning: TowerTuning
+    text_tuning: TowerTuning
+    train_objectives: bool
+    init_from: str | None
     data: Component
     optim: OptimConfig
     trainer: dict[str, Any]
@@ -132,8 +142,13 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
     evaluations = config.get("eval", [{"name": "zero_shot"}, {"name": "retrieval"}]) or []
     if not isinstance(evaluations, list):
         raise ConfigError(f"`eval` in {where('eval')} must be a list of evaluations, e.g. [{{name: zero_shot}}].")
+    image_tuning, text_tuning, train_objectives = parse_tuning(model.tuning, where)
     return Experiment(
         run=run,
+        image_tuning=image_tuning,
+        text_tuning=text_tuning,
+        train_objectives=train_objectives,
+        init_from=model.init_from,
         embed_dim=model.embed_dim,
         image_encoder=_component(model.image_encoder, IMAGE_ENCODERS, "model.image_encoder", where),
         text_encoder=_component(model.text_encoder, TEXT_ENCODERS, "model.text_encoder", where),

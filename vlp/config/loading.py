@@ -11,7 +11,6 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-import yaml
 
 from vlp.registry import ConfigError
 
@@ -109,14 +108,15 @@ def apply_overrides(config: DictConfig, overrides: list[str], origins: Origins |
 
 
 def _parse_override(override: str) -> tuple[str, Any]:
-    """Split ``key=value``; the value is parsed as YAML (numbers, booleans, lists, mappings)."""
+    """Split ``key=value``; the value is parsed by OmegaConf's grammar (numbers like 1e-3, lists, mappings)."""
     key, sep, raw = override.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise ConfigError(f'Override "{override}" is not of the form key=value; write e.g. optim.lr=1e-3.')
     try:
-        return key.strip(), yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError as error:
-        raise ConfigError(f'Override "{override}" has a value that is not valid YAML ({error}); quote it.') from error
+        parsed = OmegaConf.from_dotlist([f"value={raw}"])
+        return key.strip(), OmegaConf.to_container(parsed, resolve=False)["value"]
+    except OmegaConfBaseException as error:
+        raise ConfigError(f'Override "{override}" has a value that cannot be parsed ({error}); quote it.') from error
 
 
 def _bracketed(dotted: str) -> str:

@@ -49,6 +49,7 @@ class TimmImageEncoder(Tower):
         self.backbone = backbone
         if checkpoint is not None:
             load_into(backbone, read_state_dict(checkpoint), checkpoint, ignore_prefixes=HEAD_PREFIXES)
+            self.pretrained_parts = ("backbone.",)
         cfg = backbone.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)

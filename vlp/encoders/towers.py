@@ -15,6 +15,9 @@ class Tower(nn.Module):
     """
 
     width: int
+    # State-dict prefixes (relative to the tower) whose weights come from a local pretrained
+    # source named in the config; frozen weights under them are left out of checkpoints.
+    pretrained_parts: tuple[str, ...] = ()
 
     def __init__(self, width: int, embed_dim: int) -> None:
         super().__init__()

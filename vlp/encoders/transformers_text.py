@@ -51,6 +51,7 @@ class TransformersTextEncoder(Tower):
         self.backbone = backbone
         self.max_length = max_length
         self.pooling = _resolve_pooling(pooling, backbone.config.model_type)
+        self.pretrained_parts = ("backbone.",) if pretrained else ()
         _check_tokenizer_fits(self.tokenizer, backbone.config, max_length)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
