@@ -45,7 +45,7 @@ class OpenCLIPImageEncoder(Tower):
     ) -> None:
         vision = vision_part(unwrap(read_state_dict(checkpoint)), checkpoint)
         width, _, _, patch = vision["conv1.weight"].shape
-        shape = shape_of(vision, width)
+        shape = shape_of(vision)
         weights, projection = to_timm_vit(vision)
         check_embed_dim(embed_dim, projection.shape[0], "visual projection", checkpoint)
         backbone = timm.create_model(
@@ -95,7 +95,7 @@ class OpenCLIPTextEncoder(Tower):
     ) -> None:
         text = text_part(unwrap(read_state_dict(checkpoint)), checkpoint)
         vocab_size, width = text["token_embedding.weight"].shape
-        shape = shape_of(text, width)
+        shape = shape_of(text)
         weights, projection = to_hf_clip_text(text)
         check_embed_dim(embed_dim, projection.shape[0], "text projection", checkpoint)
         text_tokenizer = load_tokenizer(tokenizer)

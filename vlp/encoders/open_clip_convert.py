@@ -51,9 +51,8 @@ HF_TOP_NAMES = {
 
 @dataclass(frozen=True)
 class TransformerShape:
-    """Sizes read from the weights: width, depth, MLP hidden size and sequence positions."""
+    """Sizes read from the weights: depth, MLP hidden size and sequence positions."""
 
-    width: int
     depth: int
     mlp_hidden: int
     positions: int
@@ -84,10 +83,9 @@ def text_part(state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
     return part
 
 
-def shape_of(part: dict[str, Tensor], width: int) -> TransformerShape:
+def shape_of(part: dict[str, Tensor]) -> TransformerShape:
     blocks = {int(match.group(1)) for key in part if (match := BLOCK.fullmatch(key))}
     return TransformerShape(
-        width=width,
         depth=len(blocks),
         mlp_hidden=part["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         positions=part["positional_embedding"].shape[0],
