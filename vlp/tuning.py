@@ -125,7 +125,7 @@ def apply_tuning(tower: nn.Module, tuning: TowerTuning) -> None:
         lock(tower.backbone, tuning.unlocked_blocks)
     elif tuning.mode == "lora":
         add_lora(tower.backbone, LoraSettings(**tuning.lora))
-    tower.projection.requires_grad_(tuning.train_projection)
+    tower.projection.requires_grad_(tuning.train_projection and not tower.projection_is_fixed)
 
 
 def merge_adapters(module: nn.Module) -> None:

@@ -94,7 +94,8 @@ def apply_overrides(config: DictConfig, overrides: list[str], origins: Origins |
         if leaf == "name" and parent_key and OmegaConf.select(config, key) not in (None, value):
             OmegaConf.update(config, parent_key, {}, merge=False)  # another component: drop the old arguments
         try:
-            OmegaConf.update(config, key, value, merge=True, force_add=True)
+            # A mapping value replaces the whole mapping; dotted keys change single entries.
+            OmegaConf.update(config, key, value, merge=False, force_add=True)
         except (OmegaConfBaseException, TypeError, ValueError, IndexError) as error:
             raise ConfigError(f'Override "{override}" does not fit the config ({error}); check the key path.') from error
         origins[_bracketed(key)] = COMMAND_LINE

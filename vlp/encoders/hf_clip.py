@@ -31,6 +31,8 @@ class HFCLIPImageEncoder(Tower):
     through the final layer norm so the projection maps them like the pooled feature.
     """
 
+    pretrained_parts = ("backbone.", "projection.")
+
     def __init__(self, embed_dim: int, pretrained: str) -> None:
         read_config(pretrained, "clip", "hf_clip")
         model = load_model(CLIPModel, pretrained)
@@ -57,6 +59,8 @@ class HFCLIPTextEncoder(Tower):
     Texts are padded to the longest in the batch and truncated at the model's positions;
     the end-of-text token is pooled, as transformers does.
     """
+
+    pretrained_parts = ("backbone.", "projection.")
 
     def __init__(self, embed_dim: int, pretrained: str, tokenizer: str | None = None) -> None:
         read_config(pretrained, "clip", "hf_clip")

@@ -31,6 +31,8 @@ class HFSiglipImageEncoder(Tower):
     statistics, else SigLIP's (0.5, 0.5).
     """
 
+    pretrained_parts = ("backbone.", "projection.")
+
     def __init__(self, embed_dim: int, pretrained: str) -> None:
         read_config(pretrained, "siglip", "hf_siglip")
         model = load_model(SiglipModel, pretrained)
@@ -42,6 +44,7 @@ class HFSiglipImageEncoder(Tower):
         self.backbone = model.vision_model
         nn.init.eye_(self.projection.weight)
         self.projection.requires_grad_(False)
+        self.projection_is_fixed = True
         mean, std = image_statistics(pretrained, SIGLIP_MEAN, SIGLIP_STD)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
@@ -62,6 +65,8 @@ class HFSiglipTextEncoder(Tower):
     given to the model (it is still returned, marking real tokens, for token objectives).
     ``tokenizer`` names another local directory when the model directory has none.
     """
+
+    pretrained_parts = ("backbone.", "projection.")
 
     def __init__(self, embed_dim: int, pretrained: str, tokenizer: str | None = None) -> None:
         read_config(pretrained, "siglip", "hf_siglip")

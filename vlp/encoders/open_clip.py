@@ -34,6 +34,8 @@ class OpenCLIPImageEncoder(Tower):
     ``mean``/``std`` (default OpenAI CLIP's, which most open_clip models use).
     """
 
+    pretrained_parts = ("backbone.", "projection.")
+
     def __init__(
         self,
         embed_dim: int,
@@ -84,6 +86,8 @@ class OpenCLIPTextEncoder(Tower):
     (for OpenAI/LAION models, a transformers ``CLIPTokenizer`` directory). The end-of-text
     token is pooled; with OpenAI's BPE it is the highest id, as open_clip's argmax assumes.
     """
+
+    pretrained_parts = ("backbone.", "projection.")
 
     def __init__(
         self,

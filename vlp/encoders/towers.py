@@ -18,6 +18,8 @@ class Tower(nn.Module):
     # State-dict prefixes (relative to the tower) whose weights come from a local pretrained
     # source named in the config; frozen weights under them are left out of checkpoints.
     pretrained_parts: tuple[str, ...] = ()
+    # True where the projection is a frozen identity by construction (SigLIP's image head).
+    projection_is_fixed: bool = False
 
     def __init__(self, width: int, embed_dim: int) -> None:
         super().__init__()

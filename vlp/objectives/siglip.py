@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from vlp.encoders.pretrained_scales import read_scales
 from vlp.functional import sigmoid_loss
 from vlp.objectives.base import Objective
 from vlp.registry import OBJECTIVES
@@ -21,8 +22,11 @@ class SigLIP(Objective):
     small loss. Optional ``sample_weight`` in the batch extras scales each image's row.
     """
 
-    def __init__(self, init_log_scale: float = math.log(10.0), init_bias: float = -10.0) -> None:
+    def __init__(self, init_log_scale: float = math.log(10.0), init_bias: float = -10.0, init_from: str | None = None) -> None:
         super().__init__()
+        if init_from is not None:  # a pretrained SiglipModel directory or open_clip file
+            scales = read_scales(init_from, need_bias=True)
+            init_log_scale, init_bias = scales.log_logit_scale, scales.logit_bias
         self.log_logit_scale = nn.Parameter(torch.tensor(float(init_log_scale)))
         self.logit_bias = nn.Parameter(torch.tensor(float(init_bias)))
 
