@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vlp.data.base import ImageCaptionDataset, ImageTextDataModule, retrieval_set
+from vlp.data.image_folder import LinearProbeSet
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import DATAMODULES, ConfigError
 
@@ -62,3 +63,10 @@ class DigitsDataModule(ImageTextDataModule):
 
     def retrieval_sets(self) -> list[RetrievalSet]:
         return [retrieval_set("digits_val", self.val_set)]
+
+    def linear_probe_sets(self) -> list[LinearProbeSet]:
+        """The digit: fit on training images (labelled by their captions), test on validation images."""
+        digit_of = {t.format(word=w, numeral=n): n for n, w in enumerate(WORDS) for t in CAPTION_TEMPLATES}
+        train_labels = torch.tensor([digit_of[captions[0]] for captions in self.train_set.captions])
+        train_images, val_images = self.train_set.images.float() / 255, self.val_set.images.float() / 255
+        return [LinearProbeSet("digit", list(WORDS), train_images, train_labels, val_images, self.val_labels)]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vlp.data.base import ImageCaptionDataset, ImageTextDataModule, retrieval_set
+from vlp.data.image_folder import LinearProbeSet
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import DATAMODULES
 
@@ -158,4 +159,16 @@ class ShapesDataModule(ImageTextDataModule):
 
     def retrieval_sets(self) -> list[RetrievalSet]:
         return [retrieval_set("shapes_val", self.val_set)]
+
+    def linear_probe_sets(self) -> list[LinearProbeSet]:
+        """The shape of single-object images: fit on training images, test on validation images."""
+        # A single-object image's short caption is exactly one thing's words (two-object ones join with "and").
+        shape_of = {Thing(shape, colour, size, 0).words(): shape for shape in SHAPES for colour in COLOURS for size in SIZES}
+
+        def single(dataset: ImageCaptionDataset) -> tuple[torch.Tensor, torch.Tensor]:
+            indices = [i for i, captions in enumerate(dataset.captions) if captions[1] in shape_of]
+            labels = torch.tensor([SHAPES.index(shape_of[dataset.captions[i][1]]) for i in indices])
+            return dataset.images[indices].float() / 255, labels
+
+        return [LinearProbeSet("shape", list(SHAPES), *single(self.train_set), *single(self.val_set))]
 
