@@ -2,7 +2,7 @@
 
 YAML layout (it mirrors the object tree)::
 
-    name, seed, run_dir, plugins
+    name, seed, run_dir, plugins, evaluate_before, vars
     model: {embed_dim, image_encoder: {name, ...}, text_encoder: {name, ...},
             objectives: [{name, weight, ...}, ...],
             tuning: {image: {mode, ...}, text: {...}},   # vlp.tuning: full / locked / lora
@@ -46,6 +46,7 @@ class RunSettings:
     run_dir: str | None = None
     plugins: list[str] = field(default_factory=list)
     evaluate_before: bool = False
+    vars: dict[str, Any] = field(default_factory=dict)  # free-form values for ${vars.name} interpolation
 
 
 @dataclass
