@@ -1,9 +1,14 @@
-"""Collectives with gradients, so losses over the global batch are exact under DDP."""
+"""Collectives with gradients, so losses over the global batch are exact under DDP.
+
+Ranks may hold batches of different sizes (a batch that lost a bad sample is one
+short), so gathers exchange sizes first and each rank knows its offset in the global batch.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -13,34 +18,51 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+def batch_sizes(size: int, device: torch.device | None = None) -> list[int]:
+    """Every rank's batch size, in rank order."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return [size]
+    mine = torch.tensor([size], device=device)
+    sizes = [torch.zeros_like(mine) for _ in range(world_size)]
+    dist.all_gather(sizes, mine)
+    return [int(s.item()) for s in sizes]
+
+
+def batch_offset(size: int, device: torch.device | None = None) -> int:
+    """Index of this rank's first sample in the gathered (global) batch."""
+    rank, _ = rank_and_world_size()
+    return sum(batch_sizes(size, device)[:rank])
+
+
 class _AllGatherWithGrad(torch.autograd.Function):
     """All-gather whose backward sums every rank's gradient for this rank's slice.
 
     Each rank's loss depends on every rank's features, so the gradient of a rank's
     input is the sum over ranks of the gradients flowing into its slot. Implemented
-    with all_reduce (every backend has it; gloo lacks reduce_scatter).
+    with all_reduce (every backend has it; gloo lacks reduce_scatter). Batches of
+    different sizes are padded to the largest for the collective and unpadded after.
     """
 
     @staticmethod
     def forward(ctx, tensor: Tensor) -> Tensor:
         rank, world_size = rank_and_world_size()
-        ctx.rank, ctx.size = rank, tensor.shape[0]
-        parts = [torch.empty_like(tensor) for _ in range(world_size)]
-        dist.all_gather(parts, tensor.contiguous())
-        return torch.cat(parts)
+        sizes = batch_sizes(tensor.shape[0], tensor.device)
+        padded = F.pad(tensor, (0, 0) * (tensor.ndim - 1) + (0, max(sizes) - tensor.shape[0]))
+        parts = [torch.empty_like(padded) for _ in range(world_size)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.start, ctx.size = sum(sizes[:rank]), tensor.shape[0]
+        return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+        return grad[ctx.start : ctx.start + ctx.size]
 
 
 def all_gather_with_grad(tensor: Tensor) -> Tensor:
-    """Concatenate ``tensor`` from all ranks along dim 0 (rank order); identity on one process.
-
-    All ranks must pass the same shape: training loaders drop the last partial batch.
-    """
+    """Concatenate ``tensor`` from all ranks along dim 0 (rank order); identity on one process."""
     _, world_size = rank_and_world_size()
     if world_size == 1:
         return tensor
