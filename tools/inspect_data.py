@@ -49,29 +49,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("experiment")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, as for vlp fit")
     parser.add_argument("--grid", default="samples.png")
-    parser.add_argument("--count", type=int, default=16)
+    parser.add_argument("--count", type=int, default=16, help="samples per batch, and in the grid")
+    parser.add_argument("--batches", type=int, default=20, help="batches read for the caption-length histogram")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     datamodule = build_datamodule(load_experiment(args.experiment, args.overrides))
     datamodule.setup("fit")
-    datamodule.attach_tokenizer(lambda texts: (torch.zeros(len(texts), 1, dtype=torch.long),) * 2)
-    datamodule.batch_size = args.count
-    batch = next(iter(datamodule.train_dataloader()))
-    datamodule.record_quality(batch)
-    corpus = datamodule.caption_corpus()
-    lengths = words(corpus)
-    grid(batch.images, _captions(datamodule, batch)).save(args.grid)
-    summary = {"train_batches": len(datamodule.train_dataloader()), "texts": len(corpus), "quality": datamodule.quality.as_dict()}
-    print(f"{datamodule.registry_name}: {summary['train_batches']} training batches, {len(corpus)} texts")
-    print("\n".join(histogram(lengths)))
-    print(f"bad samples so far: {summary['quality']['skipped'] or 'none'}; grid of {len(batch)} samples written to {args.grid}")
+    captions: list[str] = []
+
+    def recording_tokenizer(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stands in for the text tower's tokenizer and keeps the captions the collate chose."""
+        captions.extend(texts)
+        return (torch.zeros(len(texts), 1, dtype=torch.long),) * 2
+
+    datamodule.attach_tokenizer(recording_tokenizer)
+    datamodule.batch_size, datamodule.num_workers, datamodule.all_captions = args.count, 0, False
+    loader = iter(datamodule.train_dataloader())
+    first = next(loader)
+    datamodule.record_quality(first)
+    for _, batch in zip(range(args.batches - 1), loader):
+        datamodule.record_quality(batch)
+    grid(first.images, captions[: len(first)]).save(args.grid)
+    summary = {"train_batches": len(datamodule.train_dataloader()), "captions_read": len(captions), "quality": datamodule.quality.as_dict()}
+    print(f"{datamodule.registry_name}: {summary['train_batches']} training batches; caption lengths of {len(captions)} sampled captions:")
+    print("\n".join(histogram(words(captions))))
+    print(f"bad samples so far: {summary['quality']['skipped'] or 'none'}; grid of {len(first)} samples written to {args.grid}")
     return summary
-
-
-def _captions(datamodule, batch) -> list[str]:
-    """The captions of a batch, looked up by key when the dataset keeps records, else the keys."""
-    records = {r.key: r for r in getattr(datamodule.train_set, "records", [])}
-    keys = batch.extras.get("key", [])
-    return [records[k].captions[0] if k in records else str(k) for k in keys] or [""] * len(batch)
 
 
 if __name__ == "__main__":
