@@ -1,4 +1,4 @@
-"""Shared checks for objective tests: DDP equivalence of a functional loss, and a short training run.
+"""Shared check for objective tests: DDP equivalence of a functional loss.
 
 ``assert_ddp_matches_single_process`` runs a loss on 2 CPU processes (gloo), each holding
 half of every per-sample input, and checks the DDP contract: the mean of the rank losses
@@ -9,7 +9,6 @@ rank-averaged gradients of shared parameters equal the single-process ones.
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 from typing import Callable
@@ -18,16 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-from conftest import REPO, TINY_OVERRIDES
-
 WORLD_SIZE = 2
-
-# Enough steps on the shapes data for colour zero-shot to leave chance (1/8) far behind.
-LEARNING_OVERRIDES = TINY_OVERRIDES + [
-    "data.train_size=1536", "data.val_size=256", "data.batch_size=32", "trainer.max_epochs=2",
-    "optim.lr=0.003", "optim.warmup_steps=10", "trainer.limit_val_batches=0",
-]
 
 
 def _free_port() -> int:
@@ -68,10 +58,3 @@ def assert_ddp_matches_single_process(
             got = torch.cat([r["grads"][name] for r in ranks]) / WORLD_SIZE
         torch.testing.assert_close(got, grad, msg=lambda m: f"gradient of {name}: {m}")
 
-
-def train_and_evaluate(experiment: str, tmp_path: Path, extra: list[str] = ()) -> dict[str, float]:
-    """``vlp fit`` an experiment YAML on the tiny model for a few dozen steps; its final metrics."""
-    from vlp.run import fit  # imported here so spawned DDP workers stay light
-
-    run_dir = fit(str(REPO / "experiments" / experiment), LEARNING_OVERRIDES + [f"run_dir={tmp_path / 'run'}", *extra])
-    return json.loads((run_dir / "metrics.json").read_text())["metrics"]

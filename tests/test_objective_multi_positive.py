@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from vlp.functional import infonce_loss, multi_positive_infonce
 
-from objective_testing import assert_ddp_matches_single_process, train_and_evaluate
+from objective_testing import assert_ddp_matches_single_process
 
 
 def reference_multi_positive(images, captions, valid, scale):
@@ -61,8 +60,3 @@ def test_multi_positive_ddp_equals_single_process(tmp_path: Path):
     inputs = {"image_embeddings": images.detach(), "caption_embeddings": captions.detach(), "caption_valid": valid}
     assert_ddp_matches_single_process(multi_positive_infonce, inputs, {"logit_scale": scale.detach()}, tmp_path)
 
-
-@pytest.mark.slow
-def test_multi_positive_learns_shapes_far_above_chance(tmp_path: Path):
-    metrics = train_and_evaluate("multi_positive.yaml", tmp_path)
-    assert metrics["zeroshot/colour/top1"] > 0.25  # chance is 1/8

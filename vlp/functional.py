@@ -240,3 +240,79 @@ def intra_modality_separation_loss(
     positive = F.one_hot(labels, rescaled.shape[1]).bool()
     logits = logit_scale * torch.where(positive, (x * paired).sum(1, keepdim=True), rescaled)
     return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight)
+
+
+def soft_label_infonce(
+    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, negative_mass: float,
+    sample_weight: Tensor | None = None,
+) -> Tensor:
+    """InfoNCE against softened targets (LightCLIP, Nie et al., 2023, Sec. 3.2), both directions.
+
+    Row i of the global batch of N: cross-entropy -sum_j y_ij log softmax(s_i.)_j with
+    y_ii = 1 - negative_mass and y_ij = negative_mass / (N - 1) for each negative j.
+    negative_mass = 0 is InfoNCE; the objective grows it over training.
+    """
+    images = F.normalize(image_embeddings, dim=-1)
+    texts = F.normalize(text_embeddings, dim=-1)
+    labels = _local_labels(images.shape[0], images.device)
+
+    def direction(queries: Tensor, keys: Tensor) -> Tensor:
+        log_probs = torch.log_softmax(logit_scale * queries @ keys.T, dim=1)
+        negative = negative_mass / (keys.shape[0] - 1)
+        targets = torch.full_like(log_probs, negative).scatter_(1, labels.unsqueeze(1), 1.0 - negative_mass)
+        return -(targets * log_probs).sum(1)
+
+    per_pair = direction(images, all_gather_with_grad(texts)) + direction(texts, all_gather_with_grad(images))
+    return weighted_mean(per_pair / 2, sample_weight)
+
+
+def relaxed_matching_loss(
+    image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
+    chunk_size: int = 64, sample_weight: Tensor | None = None,
+) -> Tensor:
+    """LightCLIP's token-level alignment (Nie et al., 2023, Sec. 3.3), both directions.
+
+    A bipartite matching of words to patches, relaxed so that every word takes its most
+    similar patch (several words may share one): s_ij = mean over valid words w of text j
+    of max over valid patches p of image i of w.p (per-token L2-normalised). InfoNCE on s
+    in both directions, so image-to-text and text-to-image rank the same word-matched score.
+    """
+    image_tokens = F.normalize(image_tokens, dim=-1)
+    text_tokens = F.normalize(text_tokens, dim=-1)
+    all_texts, all_text_mask = _gather_tokens(text_tokens, text_mask)
+    all_images, all_image_mask = _gather_tokens(image_tokens, image_mask)
+    labels = _local_labels(image_tokens.shape[0], image_tokens.device)
+    image_to_text = logit_scale * token_wise_similarity(all_texts, all_text_mask, image_tokens, image_mask, chunk_size).T
+    text_to_image = logit_scale * token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
+    per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
+    return weighted_mean(per_pair / 2, sample_weight)
+
+
+def consistency_gates(
+    image_embeddings: Tensor, raw_embeddings: Tensor, synthetic_embeddings: Tensor, running_means: Tensor,
+    momentum: float, gamma: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """ALIP's gates (Yang et al., 2023, Sec. 3.2-3.3), without gradients.
+
+    With cosines s^T_i = t_i.c_i (raw text vs synthetic caption), s^I_i = x_i.t_i and
+    s^C_i = x_i.c_i, each global-batch mean m updates a running mean
+    a <- momentum * a + (1 - momentum) * m, ordered (T, I, C) in ``running_means``.
+    Language consistency gate: W_s = min(exp(gamma (s^T - a^T)), 1). Description
+    consistency gates, only for samples whose raw text and caption disagree (s^T < a^T,
+    else 1): W_t = exp(gamma (s^I - a^I)), W_c = exp(gamma (s^C - a^C)).
+    Returns this rank's (W_s, W_t, W_c) and the updated running means.
+    """
+    with torch.no_grad():
+        x = F.normalize(image_embeddings.detach(), dim=-1)
+        t = F.normalize(raw_embeddings.detach(), dim=-1)
+        c = F.normalize(synthetic_embeddings.detach(), dim=-1)
+        similarities = torch.stack([(t * c).sum(1), (x * t).sum(1), (x * c).sum(1)], dim=1)
+        means = all_gather_with_grad(similarities).mean(0)
+        running_means = momentum * running_means + (1 - momentum) * means
+        gates = torch.exp(gamma * (similarities - running_means))
+        inconsistent = gates[:, 0] < 1
+        ones = torch.ones_like(gates[:, 0])
+        sample_gate = torch.where(inconsistent, gates[:, 0], ones)
+        raw_gate = torch.where(inconsistent, gates[:, 1], ones)
+        synthetic_gate = torch.where(inconsistent, gates[:, 2], ones)
+    return sample_gate, raw_gate, synthetic_gate, running_means

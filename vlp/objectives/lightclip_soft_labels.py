@@ -1,0 +1,42 @@
+"""LightCLIP's progressively softened labels for instance-level alignment (Nie et al., 2023)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vlp.functional import soft_label_infonce
+from vlp.objectives.base import Objective
+from vlp.registry import OBJECTIVES
+from vlp.step import Step
+
+
+@OBJECTIVES.register("lightclip_soft_labels")
+class LightCLIPSoftLabels(Objective):
+    """Symmetric InfoNCE whose negatives share a target mass that grows over training.
+
+    The mass given to negatives rises linearly with ``step.progress`` from 0 (plain
+    InfoNCE) to ``max_negative_mass`` at the end of training, spread evenly over the
+    N - 1 negatives of the global batch. Optional ``sample_weight`` scales each pair.
+    """
+
+    def __init__(self, max_negative_mass: float = 0.1, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        if not 0.0 <= max_negative_mass < 1.0:
+            raise ValueError(f"max_negative_mass must be in [0, 1), got {max_negative_mass}.")
+        self.max_negative_mass = max_negative_mass
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_log_logit_scale = math.log(max_logit_scale)
+
+    def negative_mass(self, progress: float) -> float:
+        return self.max_negative_mass * min(max(progress, 0.0), 1.0)
+
+    def forward(self, step: Step) -> dict[str, Tensor]:
+        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        mass = self.negative_mass(step.progress)
+        loss = soft_label_infonce(
+            step.image().embedding, step.text().embedding, scale, mass, step.batch.extras.get("sample_weight")
+        )
+        return {"loss": loss, "logit_scale": scale.detach(), "negative_mass": torch.tensor(mass)}

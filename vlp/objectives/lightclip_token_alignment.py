@@ -1,0 +1,39 @@
+"""LightCLIP's token-level alignment by relaxed bipartite matching of words to patches (Nie et al., 2023)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vlp.functional import relaxed_matching_loss
+from vlp.objectives.base import Objective
+from vlp.objectives.filip import word_mask
+from vlp.registry import OBJECTIVES
+from vlp.step import Step
+
+
+@OBJECTIVES.register("lightclip_token_alignment")
+class LightCLIPTokenAlignment(Objective):
+    """Contrastive loss on word-to-best-patch similarities of projected tokens.
+
+    Each real word (padding and special tokens dropped) is matched to its most similar
+    patch; a pair's score is the mean matched similarity. ``chunk_size`` bounds memory as
+    in FILIP. Optional ``sample_weight`` in the batch extras scales each pair's loss.
+    """
+
+    def __init__(self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+        super().__init__()
+        self.chunk_size = chunk_size
+        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.max_log_logit_scale = math.log(max_logit_scale)
+
+    def forward(self, step: Step) -> dict[str, Tensor]:
+        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        image, text = step.image(), step.text()
+        loss = relaxed_matching_loss(
+            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step), scale,
+            self.chunk_size, step.batch.extras.get("sample_weight"),
+        )
+        return {"loss": loss, "logit_scale": scale.detach()}
