@@ -72,7 +72,7 @@ def test_missing_file_and_base_cycle(tmp_path: Path):
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        (["model.image_encoder.model_kwargs.img_size=20"], "not a multiple of its patch size 8"),
+        (["model.image_encoder.model_kwargs.img_size=18"], "not a multiple of its patch size 4"),
         (["model.image_encoder.model_name=vit_tiny_patch16_2244"], 'timm has no model "vit_tiny_patch16_2244"'),
         (["model.image_encoder.checkpoint=/nonexistent/weights.safetensors"], "does not exist"),
         (["model.text_encoder.pretrained=/nonexistent/bert", "model.text_encoder.config=null"], "does not exist"),

@@ -8,18 +8,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.distributed import all_gather_with_grad, rank_and_world_size
+from vlp.distributed import all_gather_with_grad, batch_offset, batch_sizes, rank_and_world_size
 
 
 def weighted_mean(values: Tensor, sample_weight: Tensor | None) -> Tensor:
-    """Mean over this rank's samples, each scaled by its weight (noise-aware learning).
+    """This rank's share of the global-batch mean of per-sample losses, each scaled by its weight.
 
     Weights multiply per-sample losses and the mean stays over the batch size (not the
-    weight sum), so equal per-rank batches keep the DDP mean equal to the global one.
+    weight sum). Each rank returns W/N times its sum (N samples over W ranks), so the mean
+    over ranks, which DDP's gradient averaging and logging take, is the global mean even
+    when ranks hold different numbers of samples; with equal batches it is the local mean.
     """
-    if sample_weight is None:
+    if sample_weight is not None:
+        values = sample_weight.to(values.dtype) * values
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
         return values.mean()
-    return (sample_weight.to(values.dtype) * values).mean()
+    return values.sum() * (world_size / sum(batch_sizes(values.shape[0], values.device)))
 
 
 def infonce_loss(
@@ -37,20 +42,16 @@ def infonce_loss(
     texts = F.normalize(text_embeddings, dim=-1)
     all_images = all_gather_with_grad(images)
     all_texts = all_gather_with_grad(texts)
-    rank, _ = rank_and_world_size()
-    labels = torch.arange(images.shape[0], device=images.device) + rank * images.shape[0]
+    labels = _local_labels(images.shape[0], images.device)
     image_to_text = logit_scale * images @ all_texts.T
     text_to_image = logit_scale * texts @ all_images.T
-    if sample_weight is None:
-        return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2
     per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
     return weighted_mean(per_pair / 2, sample_weight)
 
 
 def _local_labels(batch_size: int, device: torch.device) -> Tensor:
     """Global indices of this rank's samples: its positives in a gathered batch."""
-    rank, _ = rank_and_world_size()
-    return torch.arange(batch_size, device=device) + rank * batch_size
+    return torch.arange(batch_size, device=device) + batch_offset(batch_size, device)
 
 
 def sigmoid_loss(
@@ -69,7 +70,8 @@ def sigmoid_loss(
     texts = F.normalize(text_embeddings, dim=-1)
     rank, _ = rank_and_world_size()
     rows = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
-    for block, block_texts in enumerate(all_gather_with_grad(texts).split(images.shape[0])):
+    blocks = all_gather_with_grad(texts).split(batch_sizes(texts.shape[0], texts.device))
+    for block, block_texts in enumerate(blocks):
         logits = logit_scale * images @ block_texts.T + logit_bias
         signs = -torch.ones_like(logits)
         if block == rank:

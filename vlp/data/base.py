@@ -156,7 +156,7 @@ class ImageTextDataModule(L.LightningDataModule):
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions and train, seed=self.seed),
+            collate_fn=Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed),
             generator=generator if train else None,
         )
 

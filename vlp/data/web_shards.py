@@ -97,7 +97,7 @@ class WebDatasetDataModule(FileDataModule):
     def _collate(self, train: bool) -> Collate:
         if self.tokenize is None:
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
-        return Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions and train, seed=self.seed)
+        return Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed)
 
     def _stream_loader(self, pipeline: wds.DataPipeline, batches_per_rank: int) -> DataLoader:
         pipeline = pipeline.with_length(batches_per_rank, silent=True)
