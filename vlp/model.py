@@ -62,10 +62,13 @@ class VLPModule(L.LightningModule):
         self.vlp_state = state
         self.image_views = _collect_views({"full": full_image}, [o.image_views() for o in objectives.values()], "image")
         self.text_views = _collect_views({"full": full_text}, [o.text_views() for o in objectives.values()], "text")
+        self.total_steps = 1
+
+    def on_fit_start(self) -> None:
+        self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
     def _objective_losses(self, batch: Batch, stage: str) -> Tensor:
-        total_steps = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
-        progress = min(1.0, self.global_step / max(1, total_steps))
+        progress = min(1.0, self.global_step / self.total_steps)
         step = Step(batch, self.encoder, self.image_views, self.text_views, progress)
         total = torch.zeros((), device=batch.images.device)
         training = stage == "train"
@@ -102,7 +105,9 @@ class VLPModule(L.LightningModule):
         self.encoder.train(was_training)
         return results
 
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step, then each objective's hook (e.g. an EMA teacher update), once per step."""
+        super().optimizer_step(*args, **kwargs)
         for objective in self.objectives.values():
             objective.after_optimizer_step(self.encoder)
 

@@ -42,6 +42,8 @@ class EvaluationSource(Protocol):
 
     def retrieval_sets(self) -> list[RetrievalSet]: ...
 
+    def linear_probe_sets(self) -> list: ...
+
 
 class Evaluation:
     """Called with the dual encoder and the datamodule; returns flat ``{name: value}`` metrics."""
