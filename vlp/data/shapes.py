@@ -35,9 +35,9 @@ ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
 HELD_OUT = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "cross"), ("cyan", "square")})
 
-# Prompt ensembles: every caption names size, colour and shape, so a class prompt is
-# averaged over the attributes it does not ask about.
-SHAPE_TEMPLATES = [f"a {size} {colour} {{}}" for size in SIZES for colour in COLOURS]
+# Colour prompts are ensembles averaged over the attributes they do not ask about; shape
+# prompts use the generic captions' form.
+SHAPE_TEMPLATES = ["a {}"]
 COLOUR_TEMPLATES = [f"a {size} {{}} {shape}" for size in SIZES for shape in SHAPES]
 
 
@@ -57,11 +57,17 @@ class Thing:
 
 
 def captions_for(things: list[Thing]) -> list[str]:
-    """Two captions in reading order: with positions, and without (many images share it)."""
+    """Three captions, from specific to generic, in reading order.
+
+    With positions ("a small red circle at the top left"), without ("a small red circle"),
+    and shapes only ("a circle"). Real alt-texts vary in specificity the same way; the
+    generic ones make prompts such as "a circle" part of the language the model learns.
+    """
     ordered = sorted(things, key=lambda t: t.cell)
     detailed = " and ".join(f"{t.words()} at the {t.position}" for t in ordered)
     short = " and ".join(t.words() for t in ordered)
-    return [detailed, short]
+    generic = " and ".join(f"a {t.shape}" for t in ordered)
+    return [detailed, short, generic]
 
 
 def shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float) -> np.ndarray:
@@ -158,7 +164,9 @@ class ShapesDataModule(ImageTextDataModule):
         ]
 
     def retrieval_sets(self) -> list[RetrievalSet]:
-        return [retrieval_set("shapes_val", self.val_set)]
+        # The generic captions ("a circle") fit hundreds of images, so retrieval uses the other two.
+        specific = ImageCaptionDataset(self.val_set.images, [captions[:2] for captions in self.val_set.captions])
+        return [retrieval_set("shapes_val", specific)]
 
     def linear_probe_sets(self) -> list[LinearProbeSet]:
         """The shape of single-object images: fit on training images, test on validation images."""
