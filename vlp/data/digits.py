@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 
 from vlp.data.base import ImageCaptionDataset, ImageTextDataModule, retrieval_set
 from vlp.data.image_folder import LinearProbeSet
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
-from vlp.registry import DATAMODULES, ConfigError
+from vlp.registry import DATAMODULES
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 CAPTION_TEMPLATES = ("a handwritten digit {word}", "the number {word}", "a scanned {word}", "{numeral} written by hand")
@@ -18,10 +19,6 @@ PROMPT_TEMPLATES = ["a handwritten digit {}", "the number {}", "a scanned {}"]
 
 def load_digit_images(image_size: int) -> tuple[torch.Tensor, np.ndarray]:
     """All 1,797 digits as uint8 RGB (N, 3, S, S), upsampled bilinearly, and their labels."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as error:
-        raise ConfigError("The digits datamodule needs scikit-learn; run `pip install 'vlp[digits]'`.") from error
     digits = load_digits()
     pixels = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
     resized = F.interpolate(pixels, size=(image_size, image_size), mode="bilinear", align_corners=False)
