@@ -85,3 +85,21 @@ def test_bad_components_fail_at_build_time_with_a_clear_message(overrides, expec
     datamodule = build_datamodule(experiment)
     with pytest.raises(ConfigError, match=expected):
         build_module(experiment, datamodule)
+
+
+def test_forwarded_constructor_arguments_are_part_of_the_schema():
+    from vlp.config.schema import check_values, declared_parameters
+
+    class Base:
+        def __init__(self, size: int, name: str = "x") -> None: ...
+
+    class Child(Base):
+        def __init__(self, extra: float = 1.0, **common) -> None:
+            super().__init__(**common)
+
+    assert declared_parameters(Child) == {"extra": (float, False), "size": (int, True), "name": (str, False)}
+    check_values({"extra": 2.0, "size": 3}, Child, "data", lambda path: "x.yaml")
+    with pytest.raises(ConfigError, match=r"`data.size` in x.yaml is 'big'"):
+        check_values({"size": "big"}, Child, "data", lambda path: "x.yaml")
+    with pytest.raises(ConfigError, match="Missing required key `data.size`"):
+        check_values({}, Child, "data", lambda path: "x.yaml")

@@ -58,14 +58,26 @@ def matches(value: Any, annotation: Any) -> bool:
 
 
 def declared_parameters(target: Callable) -> dict[str, tuple[Any, bool]]:
-    """``{name: (type hint, required)}`` of a class constructor, function or dataclass."""
+    """``{name: (type hint, required)}`` of a class constructor, function or dataclass.
+
+    A constructor that forwards ``**kwargs`` to its base class also accepts the base
+    constructor's parameters, so subclasses declare only what they add.
+    """
     function = target.__init__ if inspect.isclass(target) else target
     hints = typing.get_type_hints(function)
     parameters = {}
+    forwards = False
     for name, parameter in inspect.signature(function).parameters.items():
+        if parameter.kind == parameter.VAR_KEYWORD:
+            forwards = True
         if name == "self" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         parameters[name] = (hints.get(name, Any), parameter.default is inspect.Parameter.empty)
+    if forwards and inspect.isclass(target):
+        base = next((b for b in target.__mro__[1:] if "__init__" in vars(b)), None)
+        if base is not None and base is not object:
+            for name, spec in declared_parameters(base).items():
+                parameters.setdefault(name, spec)
     return parameters
 
 
