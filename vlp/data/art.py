@@ -9,6 +9,7 @@ description; its TYPE (portrait, landscape, ...) is a built-in zero-shot task.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,17 +45,9 @@ class SemArtDataModule(FileDataModule):
         val: str = "semart_val.csv",
         images: str = "Images",
         encoding: str = "utf-8",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(str(Path(root) / images), image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(root=str(Path(root) / images), **common)
         self.files = {"train": Path(root) / train, "val": Path(root) / val}
         self.encoding = encoding
         self.types: dict[str, str] = {}

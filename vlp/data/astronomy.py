@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,17 +35,9 @@ class CosmoClipDataModule(FileDataModule):
         root: str,
         train_split: str = "train",
         val_split: str = "test",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__("", image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(root="", **common)
         self.folders = {"train": Path(root) / train_split, "val": Path(root) / val_split}
 
     def read(self, split: str) -> Reading | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vlp.data.decode import clean_captions, decode_text
 from vlp.data.files import FileDataModule
@@ -25,17 +26,9 @@ class PmcOaDataModule(FileDataModule):
         train: str = "train.jsonl",
         val: str | None = "valid.jsonl",
         images: str = "images",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(str(Path(root) / images), image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(root=str(Path(root) / images), **common)
         self.files = {"train": Path(root) / train, "val": Path(root) / val if val else None}
 
     def read(self, split: str) -> Reading | None:
@@ -55,17 +48,9 @@ class RocoDataModule(FileDataModule):
         subset: str = "radiology",
         train_split: str = "train",
         val_split: str = "validation",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__("", image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(root="", **common)
         self.folders = {"train": Path(root) / train_split / subset, "val": Path(root) / val_split / subset}
 
     def read(self, split: str) -> Reading | None:

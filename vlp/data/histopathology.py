@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from vlp.data.decode import clean_captions
 from vlp.data.files import FileDataModule
@@ -25,17 +26,9 @@ class QuiltDataModule(FileDataModule):
         images: str = "quilt_1m",
         train_split: str = "train",
         val_split: str = "val",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(str(Path(root) / images), image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(root=str(Path(root) / images), **common)
         self.lookup = Path(root) / lookup
         self.splits = {"train": train_split, "val": val_split}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vlp.data.files import FileDataModule
 from vlp.data.records import Reading, read_karpathy
 from vlp.registry import DATAMODULES
@@ -15,18 +17,9 @@ class KarpathyDataModule(FileDataModule):
         self,
         annotations: str,
         eval_split: str = "test",
-        root: str = "",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(**common)
         self.annotations = annotations
         self.eval_split = eval_split
 

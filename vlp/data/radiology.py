@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from vlp.data.decode import clean_captions
 from vlp.data.files import FileDataModule
@@ -52,17 +53,9 @@ class MimicCxrDataModule(FileDataModule):
         sections: list[str] | None = None,
         train_split: str = "train",
         val_split: str = "validate",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(root=root, **common)
         self.reports_root = Path(reports_root or root)
         self.split_file = Path(root) / split_file
         self.sections = [s.lower() for s in (sections or ["findings", "impression"])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,18 +45,10 @@ class RemoteSensingCaptions(KarpathyDataModule):
         annotations: str | None = None,
         images: str | None = None,
         eval_split: str = "test",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(str(Path(root) / (annotations or self.ANNOTATIONS)), eval_split, str(Path(root) / (images or self.IMAGES)),
-                         image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(annotations=str(Path(root) / (annotations or self.ANNOTATIONS)), eval_split=eval_split,
+                         root=str(Path(root) / (images or self.IMAGES)), **common)
 
     def scene(self, filename: str) -> str | None:
         """The scene class of an image from its file name, or None when the name does not say."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from vlp.data.files import FileDataModule
 from vlp.data.records import Reading, read_jsonl, read_table
 from vlp.registry import DATAMODULES
@@ -17,18 +19,9 @@ class CsvDataModule(FileDataModule):
         val: str | None = None,
         image_column: str = "filepath",
         caption_column: str = "title",
-        root: str = "",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(**common)
         self.files = {"train": train, "val": val}
         self.image_column = image_column
         self.caption_column = caption_column
@@ -48,18 +41,9 @@ class JsonlDataModule(FileDataModule):
         val: str | None = None,
         image_key: str = "image",
         caption_key: str = "caption",
-        root: str = "",
-        image_size: int = 224,
-        image_encoder: str | None = None,
-        image_encoder_kwargs: dict | None = None,
-        batch_size: int = 128,
-        num_workers: int = 0,
-        seed: int = 0,
-        all_captions: bool = False,
-        max_bad_fraction: float = 0.01,
-        zero_shot_folders: list[str] | None = None,
+        **common: Any,
     ) -> None:
-        super().__init__(root, image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__(**common)
         self.files = {"train": train, "val": val}
         self.image_key = image_key
         self.caption_key = caption_key
