@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import csv
-import pytest
 
 from vlp.run import fit
 

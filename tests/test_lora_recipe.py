@@ -59,7 +59,7 @@ def test_remoteclip_lora_recipe_fits_and_exports(clip_dir: Path, tmp_path: Path)
     state = load_vlp_checkpoint(checkpoint)["state_dict"]
     backbone_keys = [k for k in state if ".backbone." in k]
     assert backbone_keys and all(".lora_" in k for k in backbone_keys)  # base CLIP weights referenced, not stored
-    assert "objectives.clip.log_logit_scale" in state
+    assert "objectives.clip.logit_scale.log_value" in state
 
     assert main(["export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--format", "safetensors"]) == 0
     adapted, _ = restore(checkpoint)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import load_experiment
@@ -22,7 +21,7 @@ def test_no_decay_on_biases_norms_embeddings_and_temperature():
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     decay_names = {names[id(p)] for p in decay["params"]}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert "objectives.clip.log_logit_scale" in no_decay_names
+    assert "objectives.clip.logit_scale.log_value" in no_decay_names
     assert "encoder.image_tower.backbone.pos_embed" in no_decay_names
     assert "encoder.image_tower.backbone.cls_token" in no_decay_names
     assert "encoder.text_tower.backbone.embeddings.token_embedding.weight" in no_decay_names

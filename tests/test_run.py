@@ -58,6 +58,9 @@ def test_bad_input_leaves_no_run_directory(tiny_overrides):
     assert not run_dir.exists()
     assert main(["fit", EXPERIMENT, *tiny_overrides, "optim.lrr=1"]) == 2
     assert not run_dir.exists()
+    with pytest.raises(ConfigError, match="Lightning rejected the `trainer` section"):
+        fit(EXPERIMENT, tiny_overrides + ["trainer.strategy=no_such_strategy"])
+    assert not run_dir.exists()
 
 
 def test_foreign_or_missing_checkpoint_is_refused(tmp_path: Path):

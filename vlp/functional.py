@@ -212,14 +212,30 @@ def filip_loss(
     masks drop padding and special tokens. Each rank scores its images against every
     rank's texts and its texts against every rank's images.
     """
+    return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, False)
+
+
+def _token_infonce(
+    image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
+    chunk_size: int, sample_weight: Tensor | None, words_both_ways: bool,
+) -> Tensor:
+    """Symmetric InfoNCE on token-wise similarities over the global batch.
+
+    Text-to-image scores by words (each word's best patch); image-to-text scores by patches
+    (FILIP's s^I) or, with ``words_both_ways``, by the same word-based score transposed.
+    """
     image_tokens = F.normalize(image_tokens, dim=-1)
     text_tokens = F.normalize(text_tokens, dim=-1)
     all_texts, all_text_mask = _gather_tokens(text_tokens, text_mask)
     all_images, all_image_mask = _gather_tokens(image_tokens, image_mask)
     labels = _local_labels(image_tokens.shape[0], image_tokens.device)
-    image_to_text = logit_scale * token_wise_similarity(image_tokens, image_mask, all_texts, all_text_mask, chunk_size)
-    text_to_image = logit_scale * token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
-    per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
+    if words_both_ways:
+        image_to_text = token_wise_similarity(all_texts, all_text_mask, image_tokens, image_mask, chunk_size).T
+    else:
+        image_to_text = token_wise_similarity(image_tokens, image_mask, all_texts, all_text_mask, chunk_size)
+    text_to_image = token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
+    per_pair = F.cross_entropy(logit_scale * image_to_text, labels, reduction="none")
+    per_pair = per_pair + F.cross_entropy(logit_scale * text_to_image, labels, reduction="none")
     return weighted_mean(per_pair / 2, sample_weight)
 
 
@@ -279,15 +295,7 @@ def relaxed_matching_loss(
     of max over valid patches p of image i of w.p (per-token L2-normalised). InfoNCE on s
     in both directions, so image-to-text and text-to-image rank the same word-matched score.
     """
-    image_tokens = F.normalize(image_tokens, dim=-1)
-    text_tokens = F.normalize(text_tokens, dim=-1)
-    all_texts, all_text_mask = _gather_tokens(text_tokens, text_mask)
-    all_images, all_image_mask = _gather_tokens(image_tokens, image_mask)
-    labels = _local_labels(image_tokens.shape[0], image_tokens.device)
-    image_to_text = logit_scale * token_wise_similarity(all_texts, all_text_mask, image_tokens, image_mask, chunk_size).T
-    text_to_image = logit_scale * token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
-    per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
-    return weighted_mean(per_pair / 2, sample_weight)
+    return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, True)
 
 
 def consistency_gates(

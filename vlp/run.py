@@ -13,6 +13,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import Experiment, experiment_from_resolved, load_experiment
@@ -72,16 +73,9 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     tokenizer_json = _stored_tokenizer(resume_path)
     module = build_module(experiment, datamodule, tokenizer_json=tokenizer_json)
 
+    trainer = build_trainer(experiment.trainer, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.resolved, sort_keys=False))
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)
-    trainer = L.Trainer(
-        default_root_dir=run_dir,
-        # Versioned log directories: a resumed run adds version_1, ... and never rewrites earlier logs.
-        logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")],
-        callbacks=[checkpoints],
-        **experiment.trainer,
-    )
     before = module.evaluate(datamodule) if experiment.run.evaluate_before and resume_path is None else None
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
@@ -102,6 +96,23 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     print(format_table(metrics, before))
     print(f"Run directory: {run_dir}")
     return run_dir
+
+
+def build_trainer(arguments: dict[str, Any], run_dir: Path) -> L.Trainer:
+    """Lightning's Trainer with vlp's loggers and checkpoints; a value Lightning rejects is a ConfigError.
+
+    Built before the run directory exists (loggers and checkpoints create theirs lazily).
+    """
+    try:
+        return L.Trainer(
+            default_root_dir=run_dir,
+            # Versioned log directories: a resumed run adds version_1, ... and never rewrites earlier logs.
+            logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")],
+            callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)],
+            **arguments,
+        )
+    except (ValueError, TypeError, MisconfigurationException) as error:
+        raise ConfigError(f"Lightning rejected the `trainer` section ({error}); fix the value it names.") from error
 
 
 def _stored_tokenizer(checkpoint_path: str | None) -> str | None:

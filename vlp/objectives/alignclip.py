@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.functional import intra_modality_separation_loss
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
@@ -29,11 +27,10 @@ class IntraModalitySeparation(Objective):
         if not (separate_image or separate_text):
             raise ValueError("alignclip_separation needs separate_image or separate_text (or both) set to true.")
         self.separate_image, self.separate_text = separate_image, separate_text
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
-        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        scale = self.logit_scale()
         images, texts = step.image().embedding, step.text().embedding
         weights = step.batch.extras.get("sample_weight")
         terms = {}

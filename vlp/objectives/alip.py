@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.functional import consistency_gates, infonce_loss
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.objectives.multi_positive import all_captions
 from vlp.registry import OBJECTIVES
 from vlp.step import Step, TextView
@@ -30,8 +29,7 @@ class ALIP(Objective):
         super().__init__()
         self.momentum = momentum
         self.gamma = gamma
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
         self.register_buffer("running_similarity", torch.ones(3))
 
     def text_views(self) -> dict[str, TextView]:
@@ -56,7 +54,7 @@ class ALIP(Objective):
         weight = extras.get("sample_weight")
         if weight is not None:
             sample_gate = sample_gate * weight.to(sample_gate.dtype)
-        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        scale = self.logit_scale()
         raw_loss = infonce_loss(image, raw, scale, sample_gate * raw_gate)
         synthetic_loss = infonce_loss(image, synthetic, scale, sample_gate * synthetic_gate)
         return {

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.encoders.pretrained_scales import read_scales
 from vlp.functional import infonce_loss
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
 
 @OBJECTIVES.register("clip")
 class CLIPContrastive(Objective):
-    """Symmetric InfoNCE with a learnable temperature.
+    """Symmetric InfoNCE with a learnable temperature; optional ``sample_weight`` extras weight pairs.
 
     The logit scale is stored as a log and initialised at ``1/init_temperature``
     (CLIP: 1/0.07); it is clamped to at most ``max_logit_scale`` (CLIP: 100).
@@ -31,15 +29,10 @@ class CLIPContrastive(Objective):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        log_scale = read_scales(init_from).log_logit_scale if init_from else math.log(1.0 / init_temperature)
-        self.log_logit_scale = nn.Parameter(torch.tensor(float(log_scale)), requires_grad=learn_temperature)
-        self.max_log_logit_scale = math.log(max_logit_scale)
-
-    @property
-    def logit_scale(self) -> Tensor:
-        return self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        pretrained = read_scales(init_from).log_logit_scale if init_from else None
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale, learn_temperature, pretrained)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
-        scale = self.logit_scale
-        loss = infonce_loss(step.image().embedding, step.text().embedding, scale)
+        scale = self.logit_scale()
+        loss = infonce_loss(step.image().embedding, step.text().embedding, scale, step.batch.extras.get("sample_weight"))
         return {"loss": loss, "logit_scale": scale.detach()}

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.functional import filip_loss
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
@@ -30,11 +29,10 @@ class FILIP(Objective):
     def __init__(self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
         super().__init__()
         self.chunk_size = chunk_size
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
-        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        scale = self.logit_scale()
         image, text = step.image(), step.text()
         loss = filip_loss(
             image.token_embeddings, image.mask, text.token_embeddings, word_mask(step), scale,

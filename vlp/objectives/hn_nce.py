@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.functional import hn_nce_loss
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
@@ -25,11 +23,10 @@ class HardNegativeNCE(Objective):
     def __init__(self, alpha: float = 1.0, beta: float = 0.5, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
         super().__init__()
         self.alpha, self.beta = alpha, beta
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
-        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        scale = self.logit_scale()
         loss = hn_nce_loss(
             step.image().embedding, step.text().embedding, scale, self.alpha, self.beta,
             step.batch.extras.get("sample_weight"),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.functional import soft_label_infonce
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
@@ -27,14 +26,13 @@ class LightCLIPSoftLabels(Objective):
         if not 0.0 <= max_negative_mass < 1.0:
             raise ValueError(f"max_negative_mass must be in [0, 1), got {max_negative_mass}.")
         self.max_negative_mass = max_negative_mass
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def negative_mass(self, progress: float) -> float:
         return self.max_negative_mass * min(max(progress, 0.0), 1.0)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
-        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        scale = self.logit_scale()
         mass = self.negative_mass(step.progress)
         loss = soft_label_infonce(
             step.image().embedding, step.text().embedding, scale, mass, step.batch.extras.get("sample_weight")

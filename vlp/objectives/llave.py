@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.functional import llave_loss
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
@@ -24,11 +22,10 @@ class HardnessWeightedContrastive(Objective):
     def __init__(self, alpha: float = 9.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
         super().__init__()
         self.alpha = alpha
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
-        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        scale = self.logit_scale()
         loss = llave_loss(
             step.image().embedding, step.text().embedding, scale, self.alpha, step.batch.extras.get("sample_weight")
         )

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from vlp.batch import Batch
 from vlp.encoders.features import Features
 from vlp.functional import multi_positive_infonce
 from vlp.objectives.base import Objective
+from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step, TextView
 
@@ -33,8 +31,7 @@ class MultiPositiveContrastive(Objective):
 
     def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
         super().__init__()
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
-        self.max_log_logit_scale = math.log(max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def text_views(self) -> dict[str, TextView]:
         return {"all_captions": all_captions}
@@ -45,6 +42,6 @@ class MultiPositiveContrastive(Objective):
             raise KeyError("multi_positive needs every caption in the batch: set `data.all_captions: true`.")
         valid = extras["captions_valid"]
         captions = step.text("all_captions").embedding.view(*valid.shape, -1)
-        scale = self.log_logit_scale.clamp(max=self.max_log_logit_scale).exp()
+        scale = self.logit_scale()
         loss = multi_positive_infonce(step.image().embedding, captions, valid, scale, extras.get("sample_weight"))
         return {"loss": loss, "logit_scale": scale.detach()}
