@@ -14,7 +14,7 @@ from vlp.evaluation.base import Evaluation
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer, warmup_cosine
 from vlp.registry import ConfigError
-from vlp.step import ImageView, Step, TextView, full_image, full_text
+from vlp.step import Step, full_image, full_text
 
 
 class DualEncoder(nn.Module):
