@@ -36,15 +36,16 @@ def masked_token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return global_mean(losses, scored.sum())
 
 
-def patchify(images: Tensor, patch_size: int) -> Tensor:
-    """(B, C, H, W) -> (B, N, p*p*C): patches in row-major grid order (timm's token order),
+def patchify(images: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
+    """(B, C, H, W) -> (B, N, ph*pw*C): patches in row-major grid order (timm's token order),
     each flattened as (row, column, channel) like MAE's ``patchify``."""
+    height_p, width_p = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
     batch, channels, height, width = images.shape
-    if height % patch_size or width % patch_size:
-        raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {patch_size}.")
-    rows, columns = height // patch_size, width // patch_size
-    patches = images.reshape(batch, channels, rows, patch_size, columns, patch_size)
-    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * columns, patch_size * patch_size * channels)
+    if height % height_p or width % width_p:
+        raise ValueError(f"Image size {height}x{width} is not a multiple of the patch size {height_p}x{width_p}.")
+    rows, columns = height // height_p, width // width_p
+    patches = images.reshape(batch, channels, rows, height_p, columns, width_p)
+    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * columns, height_p * width_p * channels)
 
 
 def masked_patch_loss(prediction: Tensor, target: Tensor, masked: Tensor, normalize_target: bool = False) -> Tensor:
