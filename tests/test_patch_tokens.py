@@ -105,5 +105,5 @@ def test_hf_siglip_tower_runs_on_patch_subsets(tmp_path: Path, tokenizer):
 
 def test_a_cnn_tower_refuses_patch_dropping_with_one_sentence():
     tower = TimmImageEncoder(16, "resnet18")
-    with pytest.raises(ConfigError, match="cannot run on a subset of patches"):
+    with pytest.raises(ConfigError, match="patch dropping needs a timm ViT"):
         tower.forward_patches(torch.rand(1, 3, 32, 32), keep=torch.zeros(1, 1, dtype=torch.long))
