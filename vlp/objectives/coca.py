@@ -17,6 +17,7 @@ from vlp.generation import beam_search, greedy_search
 from vlp.generative import caption_loss, next_token_targets, token_accuracy
 from vlp.objectives.base import Objective
 from vlp.objectives.temperature import LogitScale
+from vlp.needs import SpecialTokens
 from vlp.registry import OBJECTIVES, ConfigError
 from vlp.step import Step
 
@@ -34,6 +35,11 @@ class CoCa(Objective):
     def __init__(
         self,
         embed_dim: int,
+        image_width: int,
+        text_width: int,
+        vocab_size: int,
+        special_tokens: SpecialTokens,
+        encoder: nn.Module,
         caption_weight: float = 2.0,
         contrastive_weight: float = 1.0,
         decoder_width: int = 128,
@@ -51,29 +57,29 @@ class CoCa(Objective):
         for name, width in (("embed_dim", embed_dim), ("decoder_width", decoder_width)):
             if width % heads:
                 raise ConfigError(f"coca: {name} {width} is not divisible by heads {heads}; choose heads that divide it.")
-        self.embed_dim = embed_dim
+        if special_tokens.bos is None or special_tokens.eos is None or special_tokens.pad is None:
+            raise ConfigError(
+                "coca needs a tokenizer with padding, begin and end tokens (to batch, start and stop captions); "
+                "use one that has all three, such as the default word tokenizer."
+            )
+        if not attends_causally(encoder.text_tower, special_tokens.bos, special_tokens.eos, (special_tokens.eos + 1) % vocab_size):
+            raise ConfigError(
+                "coca needs a causal text tower (it is CoCa's unimodal text decoder), but the configured one lets "
+                "tokens see later tokens; use a causal text model such as model_type: clip_text_model."
+            )
+        self.pad_id, self.bos_id, self.eos_id = special_tokens.pad, special_tokens.bos, special_tokens.eos
         self.caption_weight = caption_weight
         self.contrastive_weight = contrastive_weight
-        self.decoder_shape = dict(width=decoder_width, depth=decoder_depth, heads=heads, mlp_ratio=mlp_ratio, image_queries=image_queries)
-        self.heads = heads
         self.label_smoothing = label_smoothing
         self.image_view = image_view
         self.text_view = text_view
         self.logit_scale = LogitScale(init_temperature, max_logit_scale)
-
-    def build(self, image_width: int, text_width: int, vocab_size: int, pad_id: int, bos_id: int | None, eos_id: int | None, causal: bool) -> None:
-        """Create the pooler and decoder once the towers' widths and the tokenizer are known."""
-        if not causal:
-            raise ConfigError(
-                "coca needs a causal text tower (its unimodal text decoder), but the configured one attends in both "
-                "directions; use a causal text model such as model_type: clip_text_model."
-            )
-        if bos_id is None or eos_id is None:
-            raise ConfigError("coca needs a tokenizer with begin and end tokens (to start and stop captions); use one that adds both.")
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.image_pooler = AttentionalPooler(image_width, self.embed_dim, n_queries=1, heads=self.heads)
-        self.image_projection = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
-        self.decoder = MultimodalTextDecoder(text_width, image_width, vocab_size, **self.decoder_shape)
+        self.image_pooler = AttentionalPooler(image_width, embed_dim, n_queries=1, heads=heads)
+        self.image_projection = nn.Linear(embed_dim, embed_dim, bias=False)
+        self.decoder = MultimodalTextDecoder(
+            text_width, image_width, vocab_size, width=decoder_width, depth=decoder_depth, heads=heads,
+            mlp_ratio=mlp_ratio, image_queries=image_queries,
+        )
 
     def image_embedding(self, image_tokens: Tensor) -> Tensor:
         """CoCa's contrastive image embedding: one attentional-pooling query, projected."""
@@ -119,3 +125,15 @@ class CoCa(Objective):
         limit = getattr(tower, "max_length", 77) - 1
         ids = self.generate(encoder, images, min(max_new_tokens or limit, limit), beam_size)
         return tower.tokenizer.batch_decode(ids, skip_special_tokens=True)
+
+
+@torch.no_grad()
+def attends_causally(text_tower: nn.Module, first: int, middle: int, other: int) -> bool:
+    """Whether the tower's token states ignore later tokens: changing the last id must not move the others."""
+    was_training = text_tower.training
+    text_tower.eval()
+    ids = torch.tensor([[first, middle, middle], [first, middle, other]])
+    device = next(text_tower.parameters()).device
+    states = text_tower(ids.to(device), torch.ones_like(ids, device=device)).tokens
+    text_tower.train(was_training)
+    return torch.allclose(states[0, :2], states[1, :2], atol=1e-5)

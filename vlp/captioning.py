@@ -1,0 +1,37 @@
+"""``vlp caption``: caption image files with a checkpoint whose objectives include a caption decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from vlp.build import build_datamodule, build_module
+from vlp.config.experiment import experiment_from_resolved
+from vlp.data.decode import open_image
+from vlp.data.transforms import data_config, image_transform
+from vlp.evaluation.captioning import captioning_objective
+from vlp.registry import ConfigError
+from vlp.run import load_vlp_checkpoint
+
+
+def caption_files(checkpoint_path: str, image_paths: list[str], beam_size: int = 1, batch_size: int = 32) -> list[str]:
+    """One caption per image file, prepared as the checkpoint's validation images are."""
+    missing = [p for p in image_paths if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"Image file {missing[0]} does not exist; pass paths of existing image files.")
+    checkpoint = load_vlp_checkpoint(checkpoint_path)
+    stored = checkpoint["vlp"]
+    experiment = experiment_from_resolved(yaml.safe_load(stored["config"]), [], source=str(checkpoint_path))
+    datamodule = build_datamodule(experiment)
+    module = build_module(experiment, datamodule, tokenizer_json=stored["tokenizer"])
+    module.load_trained_state(checkpoint["state_dict"])
+    module.eval()
+    captioner = captioning_objective(dict(module.objectives))
+    transform = getattr(datamodule, "eval_transform", None) or image_transform(data_config(datamodule.image_size), train=False)
+    captions: list[str] = []
+    for start in range(0, len(image_paths), batch_size):
+        images = torch.stack([transform(open_image(path)) for path in image_paths[start : start + batch_size]])
+        captions += captioner.caption(module.encoder, images, beam_size=beam_size)
+    return captions
