@@ -10,6 +10,7 @@ import yaml
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import experiment_from_resolved
 from vlp.data.decode import open_image
+from vlp.data.quality import BadSample
 from vlp.data.transforms import data_config, image_transform
 from vlp.evaluation.captioning import captioning_objective
 from vlp.registry import ConfigError
@@ -18,6 +19,8 @@ from vlp.run import load_vlp_checkpoint
 
 def caption_files(checkpoint_path: str, image_paths: list[str], beam_size: int = 1, batch_size: int = 32) -> list[str]:
     """One caption per image file, prepared as the checkpoint's validation images are."""
+    if beam_size < 1:
+        raise ConfigError(f"--beam {beam_size} is not a beam width; use 1 (greedy search) or more.")
     missing = [p for p in image_paths if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"Image file {missing[0]} does not exist; pass paths of existing image files.")
@@ -32,6 +35,13 @@ def caption_files(checkpoint_path: str, image_paths: list[str], beam_size: int =
     transform = getattr(datamodule, "eval_transform", None) or image_transform(data_config(datamodule.image_size), train=False)
     captions: list[str] = []
     for start in range(0, len(image_paths), batch_size):
-        images = torch.stack([transform(open_image(path)) for path in image_paths[start : start + batch_size]])
+        images = torch.stack([transform(_read(path)) for path in image_paths[start : start + batch_size]])
         captions += captioner.caption(module.encoder, images, beam_size=beam_size)
     return captions
+
+
+def _read(path: str):
+    try:
+        return open_image(path)
+    except BadSample as error:
+        raise ConfigError(f"Image file {path} cannot be read as an image ({error}); pass PNG, JPEG or other PIL-readable files.") from error

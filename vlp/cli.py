@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="a new directory to write")
     export.add_argument("--format", choices=["directory", "safetensors"], default="directory",
                         help="directory: transformers save_pretrained + timm safetensors + heads; safetensors: one file")
+    caption = commands.add_parser("caption", help="caption image files with a checkpoint trained with a caption decoder (coca)")
+    caption.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit")
+    caption.add_argument("--beam", type=int, default=1, help="beam width (1: greedy search)")
+    caption.add_argument("images", nargs="+", help="image files")
     config = commands.add_parser("config", help="print the resolved, validated config")
     config.add_argument("experiment")
     config.add_argument("overrides", nargs="*")
@@ -48,6 +52,11 @@ def main(argv: list[str] | None = None) -> int:
             from vlp.export import export
 
             print(f"Exported to {export(args.ckpt, args.out, args.format)}")
+        elif args.command == "caption":
+            from vlp.captioning import caption_files
+
+            for path, text in zip(args.images, caption_files(args.ckpt, args.images, beam_size=args.beam)):
+                print(f"{path}\t{text}")
         else:
             from vlp.config.experiment import load_experiment
 
