@@ -155,3 +155,15 @@ def test_cfm_vit_reconstructs_projected_unmasked_tokens_without_their_gradient()
     # The targets carry no gradient: the projection is reached only through them, so it gets none.
     assert tower.projection.weight.grad is None or not tower.projection.weight.grad.any()
     grads_match(out["loss"], reference, [cfm.decoder.head.weight, tower.backbone.blocks[0].mlp.fc1.weight])
+
+
+@pytest.mark.parametrize("name", ["flip50", "flip75", "clip_flip_view", "mae", "clip_mae", "cfm_vit"])
+def test_example_experiments_build_and_give_finite_losses(name: str):
+    experiment = load_experiment(REPO / "experiments" / f"{name}.yaml", TINY_OVERRIDES + ["data.train_size=8", "data.batch_size=4"])
+    datamodule = build_datamodule(experiment)
+    datamodule.setup("fit")
+    module = build_module(experiment, datamodule)
+    step = Step(next(iter(datamodule.train_dataloader())), module.encoder, module.image_views, module.text_views)
+    for objective in module.objectives.values():
+        assert torch.isfinite(objective(step)["loss"])
+    assert len(module.image_views) == 2  # the full image and one patch-dropped view, shared where named alike
