@@ -112,7 +112,7 @@ def test_frozen_teacher_recipe_stays_frozen_out_of_checkpoints_and_reloads(insta
     keys = load_vlp_checkpoint(checkpoint)["state_dict"]
     assert not any(".teacher." in k for k in keys) and "objectives.frozen_teacher.to_teacher.weight" in keys
     metrics = evaluate(str(checkpoint), output=str(tmp_path / "eval.json"))  # the teacher reloads from its file
-    assert metrics and all(name.startswith("zero_shot") for name in metrics)
+    assert metrics and all(name.startswith("zeroshot/") for name in metrics)
     resumed = fit(str(path), overrides + ["trainer.max_epochs=2"], resume="last")
     assert (resumed / "checkpoints" / "last.ckpt").is_file()
 
