@@ -64,17 +64,17 @@ class EvalImages(Dataset):
         return self.transform(open_image(self.paths[index]))
 
 
-def readable(records: Sequence[Record], root: str) -> tuple[list[Record], dict[str, int]]:
-    """Records whose image decodes, and the others counted by cause (evaluation sets cannot skip later)."""
-    good, skipped = [], {}
+def readable(records: Sequence[Record], root: str) -> tuple[list[Record], list[tuple[str, str]]]:
+    """Records whose image decodes, and the others' (cause, key) (evaluation sets cannot skip later)."""
+    good, bad = [], []
     for record in records:
         try:
             open_image(resolve(root, record.image))
-        except BadSample as bad:
-            skipped[bad.cause] = skipped.get(bad.cause, 0) + 1
+        except BadSample as error:
+            bad.append((error.cause, record.key))
             continue
         good.append(record)
-    return good, skipped
+    return good, bad
 
 
 class FileDataModule(ImageTextDataModule):
@@ -87,6 +87,7 @@ class FileDataModule(ImageTextDataModule):
     is also a linear-probe set (zero-shot on ``test/``).
     """
 
+    COUNTS_STREAMED_SAMPLES = False  # every sample is counted once, as an annotation row
     TEMPLATES: list[str] = DEFAULT_TEMPLATES  # a domain's own prompt templates
     CLASS_NAMES: dict[str, str] = {}  # a domain's readable names for its class folders
 
@@ -126,7 +127,7 @@ class FileDataModule(ImageTextDataModule):
         reading = self.read(split)
         if reading is not None:
             self.quality.min_samples = min(QUALITY_WINDOW, max(self.quality.seen + reading.seen, 1))
-            self.quality.add(reading.seen, dict(reading.skipped), where=f"{type(self).__name__} {split} annotations")
+            self.quality.add_counts(f"{split} annotations", reading.seen, dict(reading.skipped), where=f"{type(self).__name__} {split} annotations")
         return reading
 
     def val_dataloader(self) -> DataLoader | list:
@@ -136,11 +137,15 @@ class FileDataModule(ImageTextDataModule):
         texts = [c for r in self.train_set.records for c in r.captions] + [c for r in self.val_records for c in r.captions]
         return texts + [t.format(c) for task in self.zero_shot_tasks() for c in task.class_names for t in task.templates]
 
-    def eval_images(self, records: Sequence[Record], root: str, where: str) -> tuple[list[Record], EvalImages]:
-        """Readable records and their image dataset; unreadable ones are counted once, then left out."""
+    def eval_images(self, records: Sequence[Record], root: str, where: str, scope: str = "val") -> tuple[list[Record], EvalImages]:
+        """Readable records and their image dataset; unreadable ones are counted once, then left out.
+
+        ``scope`` "val" means the validation records (already counted as annotation rows, and
+        their bad images are the validation loader's); any other scope counts its records.
+        """
         if where not in self._eval_cache:
-            good, skipped = readable(records, root)
-            self.quality.add(0, skipped, where=where)
+            good, bad = readable(records, root)
+            self.quality.add(scope, 0 if scope == "val" else len(records), bad, where=where)
             self._eval_cache[where] = good, EvalImages([resolve(root, r.image) for r in good], self.eval_transform)
         return self._eval_cache[where]
 
@@ -164,7 +169,8 @@ class FileDataModule(ImageTextDataModule):
 
     def folder_task(self, path: str, split: str) -> ZeroShotTask:
         folder = read_class_folder(Path(path) / split, self.TEMPLATES, self.CLASS_NAMES)
-        good, images = self.eval_images(folder.reading.records, "", f"image folder {Path(path) / split}")
+        where = f"image folder {Path(path) / split}"
+        good, images = self.eval_images(folder.reading.records, "", where, scope=where)
         return ZeroShotTask(Path(path).name, folder.class_names, folder.templates, images, torch.tensor([r.label for r in good]))
 
 

@@ -95,7 +95,16 @@ class SydneyCaptionsDataModule(RemoteSensingCaptions):
 
 @DATAMODULES.register("rs5m")
 class Rs5mDataModule(WebDatasetDataModule):
-    """RS5M's WebDataset shards (``jpg`` + ``txt``), with remote-sensing prompts for ``zero_shot_folders``."""
+    """RS5M's WebDataset shards, with remote-sensing prompts for ``zero_shot_folders``.
+
+    As published (``{pub11,rs3}-train-{0000..0031}.tar``, read by the dataset's own
+    ``dataloader.py`` in github.com/om-ai-lab/RS5M) each sample is ``<key>.img_content``
+    (image bytes), ``<key>.img_name`` and ``<key>.caption``; the shards ship no sample
+    count, so ``epoch_samples`` must be set.
+    """
 
     TEMPLATES = TEMPLATES
     CLASS_NAMES = UCM_FOLDERS
+
+    def __init__(self, train: list[str], image_key: str | None = "img_content", caption_key: str | None = "caption", **common: Any) -> None:
+        super().__init__(train=train, image_key=image_key, caption_key=caption_key, **common)
