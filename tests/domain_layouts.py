@@ -171,6 +171,7 @@ SEMART_ROWS = {
 
 def semart(root: Path) -> dict:
     """noagarcia.github.io/SemArt: ``semart_{train,val,test}.csv`` tab-separated in Windows-1252, images in ``Images/``."""
+    root.mkdir(parents=True, exist_ok=True)
     for split in ("train", "val", "test"):
         lines = SEMART_ROWS.get(split, SEMART_ROWS["val"])
         (root / f"semart_{split}.csv").write_bytes(("\r\n".join([SEMART_HEADER] + lines) + "\r\n").encode("cp1252"))

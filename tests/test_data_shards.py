@@ -48,7 +48,7 @@ def shards(tmp_path_factory) -> Path:
 
 
 def module(pattern: str, **kwargs) -> WebDatasetDataModule:
-    dm = WebDatasetDataModule(train=[pattern], image_size=8, batch_size=4, max_bad_fraction=0.5, **kwargs)
+    dm = WebDatasetDataModule(train=[pattern], image_size=8, batch_size=4, **{"max_bad_fraction": 0.5, **kwargs})
     dm.attach_tokenizer(tokenize)
     dm.setup("fit")
     return dm
@@ -137,7 +137,7 @@ def test_bad_members_and_truncated_shards_are_skipped_and_counted(tmp_path: Path
     tar_with(tmp_path / "bad-1.tar", [(f"b{i}.{ext}", png_bytes(tmp_path, 10 + i) if ext == "png" else b"caption") for i in range(4) for ext in ("png", "txt")])
     whole = (tmp_path / "bad-1.tar").read_bytes()
     (tmp_path / "bad-1.tar").write_bytes(whole[: 512 * 7 + 100])  # cut inside b1.png: b0 is whole
-    dm = module(str(tmp_path / "bad-{0..1}.tar"), shuffle_buffer=0, epoch_samples=8)
+    dm = module(str(tmp_path / "bad-{0..1}.tar"), shuffle_buffer=0, epoch_samples=8, max_bad_fraction=0.9)
     keys, _ = drain(dm, dm.train_dataloader())
     assert sorted(keys) == ["a0", "a1", "a3", "b0"]
     assert dict(dm.quality.skipped) == {"unreadable_image": 1, "empty_caption": 1, "caption_not_utf8": 1, "missing_image": 1, "shard_read_error": 1, "bad_record": 1}

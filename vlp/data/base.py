@@ -202,7 +202,7 @@ class ImageTextDataModule(L.LightningDataModule):
         trainer = self.trainer
         epoch = getattr(trainer, "current_epoch", 0)
         pass_id = (epoch,) if scope == "train" else (getattr(trainer, "sanity_checking", False), epoch, getattr(trainer, "global_step", 0))
-        if self._passes.get(scope, pass_id) != pass_id:
+        if self._passes.get(scope) != pass_id and scope in self.quality.scopes:  # also after an evaluation set's read
             self.quality.restart(scope, keep=scope != "train")
         self._passes[scope] = pass_id
 

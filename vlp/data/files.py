@@ -31,12 +31,13 @@ def resolve(root: str, image: str) -> str:
 
 
 class FileDataset(Dataset):
-    """``(image, captions, {"key": key})`` per record, or a :class:`Skipped` marker for a bad image."""
+    """``(image, captions, {"key": key})`` per record, or a :class:`Skipped` marker (keyed ``<split>/<key>``) for a bad image."""
 
-    def __init__(self, records: Sequence[Record], root: str, transform: Transform) -> None:
+    def __init__(self, records: Sequence[Record], root: str, transform: Transform, split: str = "train") -> None:
         self.records = records
         self.root = root
         self.transform = transform
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.records)
@@ -46,7 +47,7 @@ class FileDataset(Dataset):
         try:
             image = open_image(resolve(self.root, record.image))
         except BadSample as bad:
-            return Skipped(bad.cause, record.key)
+            return Skipped(bad.cause, f"{self.split}/{record.key}")
         return self.transform(image), record.captions, {"key": record.key}
 
 
@@ -64,14 +65,14 @@ class EvalImages(Dataset):
         return self.transform(open_image(self.paths[index]))
 
 
-def readable(records: Sequence[Record], root: str) -> tuple[list[Record], list[tuple[str, str]]]:
-    """Records whose image decodes, and the others' (cause, key) (evaluation sets cannot skip later)."""
+def readable(records: Sequence[Record], root: str, prefix: str = "") -> tuple[list[Record], list[tuple[str, str]]]:
+    """Records whose image decodes, and the others' (cause, ``prefix + key``) (evaluation sets cannot skip later)."""
     good, bad = [], []
     for record in records:
         try:
             open_image(resolve(root, record.image))
         except BadSample as error:
-            bad.append((error.cause, record.key))
+            bad.append((error.cause, prefix + record.key))
             continue
         good.append(record)
     return good, bad
@@ -119,9 +120,9 @@ class FileDataModule(ImageTextDataModule):
     def build(self) -> None:
         train = self._read_counted("train")
         val = self._read_counted("val")
-        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True))
+        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True), "train")
         self.val_records = val.records if val else []
-        self.val_set = FileDataset(self.val_records, self.root, self.eval_transform) if val else None
+        self.val_set = FileDataset(self.val_records, self.root, self.eval_transform, "val") if val else None
 
     def _read_counted(self, split: str) -> Reading | None:
         reading = self.read(split)
@@ -144,7 +145,7 @@ class FileDataModule(ImageTextDataModule):
         their bad images are the validation loader's); any other scope counts its records.
         """
         if where not in self._eval_cache:
-            good, bad = readable(records, root)
+            good, bad = readable(records, root, "val/" if scope == "val" else "")
             self.quality.add(scope, 0 if scope == "val" else len(records), bad, where=where)
             self._eval_cache[where] = good, EvalImages([resolve(root, r.image) for r in good], self.eval_transform)
         return self._eval_cache[where]

@@ -59,6 +59,8 @@ class WebDatasetDataModule(FileDataModule):
     extension present, and ``json``/``txt``).
     """
 
+    COUNTS_STREAMED_SAMPLES = True  # no annotation file: samples are counted as they stream by
+
     def __init__(
         self,
         train: list[str],
