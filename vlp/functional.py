@@ -185,7 +185,8 @@ def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key
 
     s_ab = mean over valid tokens n of sample a of max over valid tokens m of sample b of
     q_an . k_bm. Computed on chunk_size x chunk_size blocks of sample pairs, so the
-    Bq x Bk x Nq x Nk tensor never exists (max's backward keeps only indices).
+    Bq x Bk x Nq x Nk tensor never exists (max's backward keeps only indices). A sample
+    with no valid token scores 0 against everything (the loss leaves such pairs out).
     """
     rows = []
     key_blocks = list(zip(keys.split(chunk_size), key_mask.split(chunk_size)))
@@ -196,6 +197,7 @@ def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key
         for key_block, key_valid in key_blocks:
             tokens = torch.einsum("and,bmd->abnm", query_block, key_block)
             best = tokens.masked_fill(~key_valid[None, :, None, :], -math.inf).amax(dim=3)
+            best = best.masked_fill(~key_valid.any(1)[None, :, None], 0.0)  # a key with no valid token scores 0, not -inf
             row.append(torch.einsum("abn,an->ab", best, weights))
         rows.append(torch.cat(row, dim=1))
     return torch.cat(rows)
@@ -209,8 +211,10 @@ def filip_loss(
 
     Image-to-text uses s^I (mean over patches of the max over words), text-to-image uses
     s^T (mean over words of the max over patches). Tokens are L2-normalised per token;
-    masks drop padding and special tokens. Each rank scores its images against every
-    rank's texts and its texts against every rank's images.
+    masks drop padding (and, as the FILIP objective chooses, special tokens). Each rank
+    scores its images against every rank's texts and its texts against every rank's images.
+    A caption (or image) with no valid token has no token-wise similarity: its pair adds
+    0 to the batch mean and it is no negative for other samples (the loss stays finite).
     """
     return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, False)
 
@@ -234,9 +238,13 @@ def _token_infonce(
     else:
         image_to_text = token_wise_similarity(image_tokens, image_mask, all_texts, all_text_mask, chunk_size)
     text_to_image = token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
-    per_pair = F.cross_entropy(logit_scale * image_to_text, labels, reduction="none")
-    per_pair = per_pair + F.cross_entropy(logit_scale * text_to_image, labels, reduction="none")
-    return weighted_mean(per_pair / 2, sample_weight)
+    own = F.one_hot(labels, image_to_text.shape[1]).bool()
+    no_negative_texts = ~all_text_mask.any(1)[None, :] & ~own  # samples without tokens are no negatives
+    no_negative_images = ~all_image_mask.any(1)[None, :] & ~own
+    per_pair = F.cross_entropy((logit_scale * image_to_text).masked_fill(no_negative_texts, -math.inf), labels, reduction="none")
+    per_pair = per_pair + F.cross_entropy((logit_scale * text_to_image).masked_fill(no_negative_images, -math.inf), labels, reduction="none")
+    has_tokens = text_mask.any(1) & image_mask.any(1)
+    return weighted_mean(torch.where(has_tokens, per_pair / 2, torch.zeros_like(per_pair)), sample_weight)
 
 
 def intra_modality_separation_loss(

@@ -12,8 +12,10 @@ from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
 
-def word_mask(step: Step) -> Tensor:
-    """Real, non-special text tokens: FILIP drops padding and [BOS]/[EOS]-like tokens."""
+def word_mask(step: Step, mask_special_tokens: bool = True) -> Tensor:
+    """Text tokens FILIP compares: never padding, and not [BOS]/[EOS]-like tokens when ``mask_special_tokens``."""
+    if not mask_special_tokens:
+        return step.text().mask
     special = torch.tensor(step.encoder.text_tower.tokenizer.all_special_ids, device=step.batch.input_ids.device)
     return step.text().mask & ~torch.isin(step.batch.input_ids, special)
 
@@ -24,18 +26,25 @@ class FILIP(Objective):
 
     ``chunk_size`` bounds memory: at most chunk_size^2 x patches x words similarities
     exist at once. Optional ``sample_weight`` in the batch extras scales each pair's loss.
+    ``mask_special_tokens`` (default) leaves [BOS]/[EOS]-like tokens out of the word
+    tokens, as the paper compares words; peer implementations mask only padding
+    (``false``), which changes the loss. A caption with no word token left adds 0 to the
+    loss and is no negative (see :func:`vlp.functional.filip_loss`).
     """
 
-    def __init__(self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0, mask_special_tokens: bool = True
+    ) -> None:
         super().__init__()
         self.chunk_size = chunk_size
+        self.mask_special_tokens = mask_special_tokens
         self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
         image, text = step.image(), step.text()
         loss = filip_loss(
-            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step), scale,
+            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step, self.mask_special_tokens), scale,
             self.chunk_size, step.batch.extras.get("sample_weight"),
         )
         return {"loss": loss, "logit_scale": scale.detach()}
