@@ -268,6 +268,23 @@ def intra_modality_separation_loss(
     return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight)
 
 
+def alignclip_loss(
+    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float = 1.0, beta: float = 0.5,
+    separate_image: bool = True, separate_text: bool = True, sample_weight: Tensor | None = None,
+) -> Tensor:
+    """AlignCLIP's whole loss (Eslami & de Melo, 2025): alpha * (CE image->text + CE text->image), summed as in the
+    official code, plus beta * (IMSep of images + IMSep of texts), every term at the one ``logit_scale``.
+
+    The texts' own embeddings (detached) stand in for the paper's frozen sentence encoder.
+    """
+    loss = alpha * 2 * infonce_loss(image_embeddings, text_embeddings, logit_scale, sample_weight)
+    if separate_image:
+        loss = loss + beta * intra_modality_separation_loss(image_embeddings, text_embeddings, text_embeddings, logit_scale, sample_weight)
+    if separate_text:
+        loss = loss + beta * intra_modality_separation_loss(text_embeddings, image_embeddings, text_embeddings, logit_scale, sample_weight)
+    return loss
+
+
 def soft_label_infonce(
     image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, negative_mass: float,
     sample_weight: Tensor | None = None,
