@@ -137,3 +137,12 @@ def test_rs5m_reads_img_content_and_caption_members(tmp_path: Path) -> None:
     wrong = ready(Rs5mDataModule(**config(rs5m(tmp_path / "w")), image_key="jpg", **SMALL))
     with pytest.raises(ConfigError, match="image_key/caption_key"):
         drain(wrong, wrong.train_dataloader())
+
+
+def test_roco_copy_with_unknown_image_names_is_detected(tmp_path: Path) -> None:
+    layout = roco(tmp_path)
+    for image in (tmp_path / "data/train/radiology/images").iterdir():
+        image.rename(image.with_name(f"old-{image.name}"))
+    (tmp_path / "data/train/radiology/dlinks.txt").unlink()
+    with pytest.raises(ConfigError, match="older release"):
+        ready(RocoDataModule(**config(layout), **SMALL))

@@ -88,7 +88,14 @@ class RocoDataModule(FileDataModule):
             return Record(key, str(image), clean_captions([caption]))
 
         with open(require_file(folder / "captions.txt", "ROCO captions.txt"), "rb") as file:
-            return collect(file, to_record)
+            reading = collect(file, to_record)
+        images = folder / "images"
+        if reading.records and images.is_dir() and any(images.iterdir()) and not any(Path(r.image).is_file() for r in reading.records):
+            raise ConfigError(
+                f"No image named in {folder / 'captions.txt'} is in {images} (as ROCO_00002.jpg, or as <PMCID>_<figure> through "
+                f"dlinks.txt): this copy names its images another way (an older release); fetch it again with the repository's scripts/fetch.py."
+            )
+        return reading
 
 
 def fetched_names(folder: Path) -> dict[str, str]:

@@ -96,7 +96,7 @@ class WebDatasetDataModule(FileDataModule):
         if self.epoch_samples is None:
             counts = [indexed_samples(urls) for urls in self.sources]
             if None in counts:
-                raise ConfigError(f"The number of training samples per epoch is unknown (no {INDEX_FILE} beside the shards); set data.epoch_samples.")
+                raise ConfigError(f"The number of training samples per epoch is unknown (no {INDEX_FILE} beside the shards, as with published RS5M or BIOMEDICA shards); set data.epoch_samples.")
             self.epoch_samples = sum(counts)
         self.quality.min_samples = min(self.quality.min_samples, max(self.epoch_samples, 1))  # judge a small dataset whole
         self.train_set = self.val_set = None
