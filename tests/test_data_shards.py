@@ -48,30 +48,31 @@ def shards(tmp_path_factory) -> Path:
 
 
 def module(pattern: str, **kwargs) -> WebDatasetDataModule:
-    dm = WebDatasetDataModule(train=[pattern], image_size=8, batch_size=4, max_bad_fraction=0.5, **kwargs)
+    dm = WebDatasetDataModule(train=[pattern], image_size=8, batch_size=4, **{"max_bad_fraction": 0.5, **kwargs})
     dm.attach_tokenizer(tokenize)
     dm.setup("fit")
     return dm
 
 
-def test_round_trip_reads_every_good_sample_once_per_epoch_over_2_ranks_x_2_workers(shards: Path, monkeypatch) -> None:
-    pattern = str(shards / "shard-{000000..000005}.tar")
-    epochs: list[list[str]] = [[], []]
-    per_rank = []
-    for rank in (0, 1):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        dm = module(pattern, num_workers=2, shuffle_buffer=8)
-        loader = dm.train_dataloader()
-        assert dm.epoch_samples == 24 and len(loader) == 3 + 2  # ceil(12 / 4), plus one short batch per worker at most
-        for epoch in range(2):
-            keys, batches = drain(dm, loader)
-            epochs[epoch] += keys
-            assert all(b.images.shape[1:] == (3, 8, 8) for b in batches)
-        per_rank.append(set(keys))
-    expected = [f"{i:09d}" for i in GOOD]
-    assert sorted(epochs[0]) == expected and sorted(epochs[1]) == expected
-    assert not per_rank[0] & per_rank[1]
+def test_round_trip_reads_every_good_sample_once_per_epoch_over_2_workers_with_the_exact_length(shards: Path) -> None:
+    """Worker 0 reads shards 0, 2, 4 (5 + 5 + 5 samples: 4 batches of 4), worker 1 shards 1, 3, 5 (4 + 4 + 1: 3 batches)."""
+    dm = module(str(shards / "shard-{000000..000005}.tar"), num_workers=2, shuffle_buffer=8)
+    loader = dm.train_dataloader()
+    assert dm.epoch_samples == 24 and len(loader) == 4 + 3
+    for _ in range(2):
+        keys, batches = drain(dm, loader)
+        assert sorted(keys) == [f"{i:09d}" for i in GOOD] and len(batches) == len(loader)
+        assert all(b.images.shape[1:] == (3, 8, 8) for b in batches)
+
+
+def test_finite_epochs_on_several_processes_are_refused_pointing_at_resampled(shards: Path, monkeypatch) -> None:
+    """Issue 13: ranks reading different shards could take different numbers of steps and hang in a gather."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="resampled=true"):
+        module(str(shards / "shard-{000000..000005}.tar")).train_dataloader()
+    resampled = module(str(shards / "shard-{000000..000005}.tar"), resampled=True, epoch_samples=24)
+    assert len(resampled.train_dataloader()) == 24 // (2 * 4)
 
 
 def test_shards_hold_the_original_image_bytes_and_all_captions(shards: Path) -> None:
@@ -136,7 +137,7 @@ def test_bad_members_and_truncated_shards_are_skipped_and_counted(tmp_path: Path
     tar_with(tmp_path / "bad-1.tar", [(f"b{i}.{ext}", png_bytes(tmp_path, 10 + i) if ext == "png" else b"caption") for i in range(4) for ext in ("png", "txt")])
     whole = (tmp_path / "bad-1.tar").read_bytes()
     (tmp_path / "bad-1.tar").write_bytes(whole[: 512 * 7 + 100])  # cut inside b1.png: b0 is whole
-    dm = module(str(tmp_path / "bad-{0..1}.tar"), shuffle_buffer=0, epoch_samples=8)
+    dm = module(str(tmp_path / "bad-{0..1}.tar"), shuffle_buffer=0, epoch_samples=8, max_bad_fraction=0.9)
     keys, _ = drain(dm, dm.train_dataloader())
     assert sorted(keys) == ["a0", "a1", "a3", "b0"]
     assert dict(dm.quality.skipped) == {"unreadable_image": 1, "empty_caption": 1, "caption_not_utf8": 1, "missing_image": 1, "shard_read_error": 1, "bad_record": 1}

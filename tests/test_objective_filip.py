@@ -82,3 +82,74 @@ def test_filip_ddp_equals_single_process(tmp_path: Path):
               "text_tokens": text_tokens.detach(), "text_mask": text_mask,
               "sample_weight": torch.linspace(0.5, 1.5, 8, dtype=torch.float64)}
     assert_ddp_matches_single_process(filip_on_trimmed_captions, inputs, {"logit_scale": scale.detach()}, tmp_path)
+
+
+def reference_filip_without_empty_captions(image_tokens, image_mask, text_tokens, text_mask, scale):
+    """The documented choice, written directly: a caption with no valid token adds 0 to the mean over n pairs and is no negative."""
+    n = image_tokens.shape[0]
+    valid = [j for j in range(n) if text_mask[j].any()]
+    x = image_tokens / image_tokens.norm(dim=-1, keepdim=True)
+    y = text_tokens / text_tokens.norm(dim=-1, keepdim=True)
+
+    def s_image(i, j):
+        return sum(max(x[i, k] @ y[j, r] for r in range(y.shape[1]) if text_mask[j, r]) for k in range(x.shape[1])) / x.shape[1]
+
+    def s_text(j, i):
+        words = [r for r in range(y.shape[1]) if text_mask[j, r]]
+        return sum(max(y[j, r] @ x[i, k] for k in range(x.shape[1])) for r in words) / len(words)
+
+    total = torch.zeros((), dtype=x.dtype)
+    for i in valid:
+        to_texts = torch.stack([scale * s_image(i, j) for j in valid])
+        to_images = torch.stack([scale * s_text(i, k) for k in range(n)])
+        total = total - torch.log_softmax(to_texts, 0)[valid.index(i)] - torch.log_softmax(to_images, 0)[i]
+    return total / (2 * n)
+
+
+def test_a_caption_without_real_tokens_adds_nothing_and_the_loss_stays_finite():
+    """Before: filip_loss(..., text_mask=[[1,1,0],[0,0,0]]) was inf."""
+    torch.manual_seed(0)
+    image_tokens = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    text_tokens = torch.randn(3, 3, 4, dtype=torch.float64, requires_grad=True)
+    image_mask = torch.ones(3, 5, dtype=torch.bool)
+    text_mask = torch.tensor([[1, 1, 0], [0, 0, 0], [1, 0, 0]]).bool()
+    scale = torch.tensor(14.0, dtype=torch.float64, requires_grad=True)
+    loss = filip_loss(image_tokens, image_mask, text_tokens, text_mask, scale)
+    expected = reference_filip_without_empty_captions(image_tokens, image_mask, text_tokens, text_mask, scale)
+    torch.testing.assert_close(loss, expected)
+    wrt = (image_tokens, text_tokens, scale)
+    for got, want in zip(torch.autograd.grad(loss, wrt), torch.autograd.grad(expected, wrt)):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want)
+    assert torch.isfinite(filip_loss(image_tokens[:2], image_mask[:2], text_tokens[:2], text_mask[:2], scale))
+
+
+def _fake_step(input_ids, special_ids, d=4):
+    """What FILIP reads of a step: the tokenizer's special ids, the batch's ids and each tower's tokens and masks."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(1)
+    n, length = input_ids.shape
+    image = SimpleNamespace(token_embeddings=torch.randn(n, 3, d, dtype=torch.float64), mask=torch.ones(n, 3, dtype=torch.bool))
+    text = SimpleNamespace(token_embeddings=torch.randn(n, length, d, dtype=torch.float64), mask=input_ids != 2)
+    tokenizer = SimpleNamespace(all_special_ids=special_ids)
+    return SimpleNamespace(encoder=SimpleNamespace(text_tower=SimpleNamespace(tokenizer=tokenizer)),
+                           batch=SimpleNamespace(input_ids=input_ids, extras={}), image=lambda: image, text=lambda: text)
+
+
+def test_bos_eos_masking_is_configurable():
+    """vlp masks [BOS]/[EOS] by default; mask_special_tokens=false masks only padding, as peer implementations do."""
+    from vlp.objectives.filip import FILIP
+
+    bos, eos, pad = 0, 1, 2
+    input_ids = torch.tensor([[bos, 5, 6, eos, pad], [bos, 7, eos, pad, pad], [bos, 8, 9, 4, eos]])
+    step = _fake_step(input_ids, [bos, eos, pad])
+    image, text = step.image(), step.text()
+    losses = {}
+    for mask_special in (True, False):
+        objective = FILIP(mask_special_tokens=mask_special).double()
+        words = text.mask & ~torch.isin(input_ids, torch.tensor([bos, eos, pad])) if mask_special else text.mask
+        expected = reference_filip(image.token_embeddings, image.mask, text.token_embeddings, words, objective.logit_scale())
+        losses[mask_special] = objective(step)["loss"]
+        torch.testing.assert_close(losses[mask_special], expected)
+    assert abs(losses[True] - losses[False]) > 1e-3

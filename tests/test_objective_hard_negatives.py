@@ -84,3 +84,13 @@ def test_hard_negative_losses_ddp_equal_single_process(loss_fn, tmp_path: Path):
               "sample_weight": torch.linspace(0.5, 1.5, 8, dtype=torch.float64)}
     assert_ddp_matches_single_process(loss_fn, inputs, {"logit_scale": scale.detach()}, tmp_path)
 
+
+
+def test_llave_example_fixes_the_logit_scale_at_50_with_alpha_9():
+    """LLaVE's official training scripts: logit scale 50, not learned; alpha 9."""
+    from vlp.config import load_experiment
+
+    (component,) = load_experiment(str(Path(__file__).resolve().parents[1] / "experiments" / "llave.yaml"), []).objectives
+    objective = component.cls(**component.params)
+    torch.testing.assert_close(objective.logit_scale(), torch.tensor(50.0))
+    assert objective.alpha == 9.0 and not any(p.requires_grad for p in objective.parameters())

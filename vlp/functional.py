@@ -190,7 +190,8 @@ def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key
 
     s_ab = mean over valid tokens n of sample a of max over valid tokens m of sample b of
     q_an . k_bm. Computed on chunk_size x chunk_size blocks of sample pairs, so the
-    Bq x Bk x Nq x Nk tensor never exists (max's backward keeps only indices).
+    Bq x Bk x Nq x Nk tensor never exists (max's backward keeps only indices). A sample
+    with no valid token scores 0 against everything (the loss leaves such pairs out).
     """
     rows = []
     key_blocks = list(zip(keys.split(chunk_size), key_mask.split(chunk_size)))
@@ -201,6 +202,7 @@ def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key
         for key_block, key_valid in key_blocks:
             tokens = torch.einsum("and,bmd->abnm", query_block, key_block)
             best = tokens.masked_fill(~key_valid[None, :, None, :], -math.inf).amax(dim=3)
+            best = best.masked_fill(~key_valid.any(1)[None, :, None], 0.0)  # a key with no valid token scores 0, not -inf
             row.append(torch.einsum("abn,an->ab", best, weights))
         rows.append(torch.cat(row, dim=1))
     return torch.cat(rows)
@@ -214,9 +216,11 @@ def filip_loss(
 
     Image-to-text uses s^I (mean over patches of the max over words), text-to-image uses
     s^T (mean over words of the max over patches). Tokens are L2-normalised per token;
-    masks drop padding and special tokens. Each rank scores its images against every
-    rank's texts and its texts against every rank's images. ``sizes`` are the ranks' batch
-    sizes when the step already exchanged them.
+    masks drop padding (and, as the FILIP objective chooses, special tokens). Each rank
+    scores its images against every rank's texts and its texts against every rank's images.
+    A caption (or image) with no valid token has no token-wise similarity: its pair adds
+    0 to the batch mean and it is no negative for other samples (the loss stays finite).
+    ``sizes`` are the ranks' batch sizes when the step already exchanged them.
     """
     return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, False, sizes)
 
@@ -242,9 +246,13 @@ def _token_infonce(
     else:
         image_to_text = token_wise_similarity(image_tokens, image_mask, all_texts, all_text_mask, chunk_size)
     text_to_image = token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
-    per_pair = F.cross_entropy(logit_scale * image_to_text, labels, reduction="none")
-    per_pair = per_pair + F.cross_entropy(logit_scale * text_to_image, labels, reduction="none")
-    return weighted_mean(per_pair / 2, sample_weight, sizes)
+    own = F.one_hot(labels, image_to_text.shape[1]).bool()
+    no_negative_texts = ~all_text_mask.any(1)[None, :] & ~own  # samples without tokens are no negatives
+    no_negative_images = ~all_image_mask.any(1)[None, :] & ~own
+    per_pair = F.cross_entropy((logit_scale * image_to_text).masked_fill(no_negative_texts, -math.inf), labels, reduction="none")
+    per_pair = per_pair + F.cross_entropy((logit_scale * text_to_image).masked_fill(no_negative_images, -math.inf), labels, reduction="none")
+    has_tokens = text_mask.any(1) & image_mask.any(1)
+    return weighted_mean(torch.where(has_tokens, per_pair / 2, torch.zeros_like(per_pair)), sample_weight, sizes)
 
 
 def intra_modality_separation_loss(
@@ -265,6 +273,23 @@ def intra_modality_separation_loss(
     positive = F.one_hot(labels, rescaled.shape[1]).bool()
     logits = logit_scale * torch.where(positive, (x * paired).sum(1, keepdim=True), rescaled)
     return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight, own.sizes)
+
+
+def alignclip_loss(
+    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float = 1.0, beta: float = 0.5,
+    separate_image: bool = True, separate_text: bool = True, sample_weight: Tensor | None = None,
+) -> Tensor:
+    """AlignCLIP's whole loss (Eslami & de Melo, 2025): alpha * (CE image->text + CE text->image), summed as in the
+    official code, plus beta * (IMSep of images + IMSep of texts), every term at the one ``logit_scale``.
+
+    The texts' own embeddings (detached) stand in for the paper's frozen sentence encoder.
+    """
+    loss = alpha * 2 * infonce_loss(image_embeddings, text_embeddings, logit_scale, sample_weight)
+    if separate_image:
+        loss = loss + beta * intra_modality_separation_loss(image_embeddings, text_embeddings, text_embeddings, logit_scale, sample_weight)
+    if separate_text:
+        loss = loss + beta * intra_modality_separation_loss(text_embeddings, image_embeddings, text_embeddings, logit_scale, sample_weight)
+    return loss
 
 
 def soft_label_infonce(

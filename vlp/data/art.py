@@ -1,7 +1,8 @@
 """Art: SemArt-style painting catalogues whose metadata (title, author, date, technique, type, school) become captions.
 
-Layout: ``semart_train.csv`` / ``semart_val.csv`` / ``semart_test.csv``, tab-separated with
-columns IMAGE_FILE, DESCRIPTION, AUTHOR, TITLE, TECHNIQUE, DATE, TYPE, SCHOOL, TIMEFRAME,
+Layout: ``semart_train.csv`` / ``semart_val.csv`` / ``semart_test.csv``, tab-separated and
+Windows-1252 encoded (the official code, github.com/noagarcia/SemArt, reads them with
+pandas, tab delimiter and encoding ``Cp1252``), with columns IMAGE_FILE, DESCRIPTION, AUTHOR, TITLE, TECHNIQUE, DATE, TYPE, SCHOOL, TIMEFRAME,
 and images in ``Images/``. Each painting gets a metadata caption and, when present, its
 description; its TYPE (portrait, landscape, ...) is a built-in zero-shot task.
 """
@@ -34,7 +35,7 @@ def metadata_caption(row: dict[str, str]) -> str:
 
 @DATAMODULES.register("semart")
 class SemArtDataModule(FileDataModule):
-    """SemArt catalogues in ``root`` (``encoding`` of the CSVs configurable); zero-shot over painting TYPE."""
+    """SemArt catalogues in ``root`` (Windows-1252 as published; ``encoding`` for re-encoded copies); zero-shot over painting TYPE."""
 
     TEMPLATES = TEMPLATES
 
@@ -44,7 +45,7 @@ class SemArtDataModule(FileDataModule):
         train: str = "semart_train.csv",
         val: str = "semart_val.csv",
         images: str = "Images",
-        encoding: str = "utf-8",
+        encoding: str = "cp1252",
         **common: Any,
     ) -> None:
         super().__init__(root=str(Path(root) / images), **common)

@@ -1,8 +1,13 @@
-"""Astronomy: CosmoCLIP-style class folders of sky images, each with a generated caption.
+"""Astronomy: CosmoCLIP-style class folders of sky images (SpaceNet), each with a caption.
 
-Layout: ``root/<split>/<class>/<image>`` (e.g. SpaceNet's galaxy, nebula, star, ...)
-and ``root/<split>/captions.json`` mapping ``"<class>/<image>"`` to the caption a
-captioning model wrote for it. The class folders double as a zero-shot task.
+Layouts: SpaceNet as published, one class-folder tree ``root/<class>/<image>`` (galaxy,
+nebula, star, ...) split here into train and validation by a seeded ``val_fraction`` of
+image keys; or an already split ``root/train|test/<class>/<image>``. SpaceNet ships no
+captions: CosmoCLIP generated one per image with a captioning model (BLIP). Put such
+captions in ``captions.json`` (``{"<class>/<image>": caption}``, in ``root`` or in each
+split folder); without it each image is captioned with the class prompts (``TEMPLATES``
+filled with its class name), i.e. plain class-name supervision. The class folders double
+as a zero-shot task.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import torch
 
 from vlp.data.decode import clean_captions
 from vlp.data.files import FileDataModule
-from vlp.data.image_folder import read_class_folder
+from vlp.data.image_folder import captioned, read_class_folder
 from vlp.data.quality import BadSample
-from vlp.data.records import Reading, Record, require_file
+from vlp.data.records import Reading, Record, held_out
 from vlp.evaluation.base import ZeroShotTask
 from vlp.registry import DATAMODULES
 
@@ -26,7 +31,7 @@ TEMPLATES = ["an astronomical image of a {}.", "a telescope image of a {}.", "a 
 
 @DATAMODULES.register("cosmoclip")
 class CosmoClipDataModule(FileDataModule):
-    """``root/train`` and ``root/test`` class folders with ``captions.json``; zero-shot over the test classes."""
+    """SpaceNet-style class folders (one tree, or ``train_split``/``val_split`` trees); zero-shot over the classes."""
 
     TEMPLATES = TEMPLATES
 
@@ -35,22 +40,34 @@ class CosmoClipDataModule(FileDataModule):
         root: str,
         train_split: str = "train",
         val_split: str = "test",
+        val_fraction: float = 0.1,
         **common: Any,
     ) -> None:
         super().__init__(root="", **common)
-        self.folders = {"train": Path(root) / train_split, "val": Path(root) / val_split}
+        self.tree = Path(root)
+        self.folders = {"train": self.tree / train_split, "val": self.tree / val_split}
+        self.val_fraction = val_fraction
 
     def read(self, split: str) -> Reading | None:
-        folder = read_class_folder(self.folders[split], self.TEMPLATES, self.CLASS_NAMES)
-        captions = json.loads(require_file(self.folders[split] / "captions.json", "CosmoCLIP captions.json").read_text(encoding="utf-8"))
+        presplit = self.folders["train"].is_dir() and self.folders["val"].is_dir()
+        folder_root = self.folders[split] if presplit else self.tree
+        folder = read_class_folder(folder_root, self.TEMPLATES, self.CLASS_NAMES)
+        if not presplit:
+            val = split == "val"
+            folder.reading.records = [r for r in folder.reading.records if held_out(r.key, self.val_fraction, self.seed) == val]
+            folder.reading.seen = len(folder.reading.records)
+        if split == "val":
+            self.class_names = folder.class_names
+        captions_file = next((p for p in (folder_root / "captions.json", self.tree / "captions.json") if p.is_file()), None)
+        if captions_file is None:
+            return Reading(captioned(folder), folder.reading.seen)
+        captions = json.loads(captions_file.read_text(encoding="utf-8"))
         reading = Reading(seen=folder.reading.seen)
         for record in folder.reading.records:
             try:
                 reading.records.append(Record(record.key, record.image, clean_captions([captions.get(record.key, "")]), record.label))
             except BadSample as bad:
                 reading.skipped[bad.cause] += 1
-        if split == "val":
-            self.class_names = folder.class_names
         return reading
 
     def zero_shot_tasks(self) -> list[ZeroShotTask]:

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from vlp.batch import Batch
-from vlp.data.quality import BATCH_KEY, DataQuality, Skipped
+from vlp.data.quality import BATCH_KEY, DataQuality, Skipped, tally
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -46,8 +46,8 @@ class Collate:
     ``extras["captions_input_ids"]`` / ``["captions_attention_mask"]`` (B, K, L), with
     ``extras["captions_valid"]`` (B, K) marking real captions (images may have fewer than K).
     Items that are :class:`Skipped` markers (bad samples) are dropped; the batch carries
-    ``extras["data_quality"] = {"seen": n, cause: count}`` so counts made in workers reach
-    the main process. Extras that are not numbers (e.g. sample keys) stay lists.
+    ``extras["data_quality"]`` (:func:`vlp.data.quality.tally`) so counts made in workers
+    reach the main process. Extras that are not numbers (e.g. sample keys) stay lists.
     """
 
     def __init__(self, tokenize: Tokenize, sample_caption: bool, all_captions: bool = False, seed: int = 0) -> None:
@@ -75,7 +75,7 @@ class Collate:
             extras = {key: _stack([item[2][key] for item in items]) for key in items[0][2]}
         if self.all_captions:
             extras.update(self._all_captions(caption_lists))
-        extras[BATCH_KEY] = {"seen": len(all_items), **skipped}
+        extras[BATCH_KEY] = tally(all_items, "train" if self.sample_caption else "val")
         return Batch(images=images, input_ids=input_ids, attention_mask=attention_mask, extras=extras)
 
     def _all_captions(self, caption_lists: list[Sequence[str]]) -> dict[str, Tensor]:
@@ -108,11 +108,14 @@ class ImageTextDataModule(L.LightningDataModule):
     ``on_before_batch_transfer``) and written to ``<run dir>/data_quality.json``.
     """
 
+    COUNTS_STREAMED_SAMPLES = True  # False where samples are counted when annotations are read
+
     def __init__(
         self, batch_size: int = 128, num_workers: int = 0, seed: int = 0, all_captions: bool = False, max_bad_fraction: float = 0.01
     ) -> None:
         super().__init__()
         self.quality = DataQuality(max_bad_fraction)
+        self._passes: dict[str, tuple] = {}
         self.all_captions = all_captions
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -176,15 +179,32 @@ class ImageTextDataModule(L.LightningDataModule):
         return batch
 
     def record_quality(self, batch: Batch) -> None:
-        """Move a batch's bad-sample counts into ``self.quality``; write the report when any are bad."""
-        counts = dict(batch.extras.pop(BATCH_KEY, {}))
-        seen = counts.pop("seen", 0)
+        """Move a batch's bad-sample tally into ``self.quality``; write the report when any are bad.
+
+        File datamodules counted their samples when reading annotations, so only streamed
+        ones (``COUNTS_STREAMED_SAMPLES``) add the batch's sample count.
+        """
+        tallied = batch.extras.pop(BATCH_KEY, None)
+        if tallied is None:
+            return
+        scope = tallied["scope"]
+        self._follow_pass(scope)
         before = self.quality.bad
         try:
-            self.quality.add(seen, counts, where=type(self).__name__)
+            seen = tallied["seen"] if self.COUNTS_STREAMED_SAMPLES else 0
+            self.quality.add(scope, seen, tallied["bad"], where=f"{type(self).__name__} {scope}")
         finally:
             if self.quality.bad > before:
                 self.write_quality()
+
+    def _follow_pass(self, scope: str) -> None:
+        """Restart ``scope``'s counts when the trainer begins a new epoch (training) or validation pass."""
+        trainer = self.trainer
+        epoch = getattr(trainer, "current_epoch", 0)
+        pass_id = (epoch,) if scope == "train" else (getattr(trainer, "sanity_checking", False), epoch, getattr(trainer, "global_step", 0))
+        if self._passes.get(scope) != pass_id and scope in self.quality.scopes:  # also after an evaluation set's read
+            self.quality.restart(scope, keep=scope != "train")
+        self._passes[scope] = pass_id
 
     def write_quality(self) -> Path | None:
         """Write ``data_quality.json`` (``data_quality.rank<r>.json`` off rank 0) into the run directory."""

@@ -31,12 +31,13 @@ def resolve(root: str, image: str) -> str:
 
 
 class FileDataset(Dataset):
-    """``(image, captions, {"key": key})`` per record, or a :class:`Skipped` marker for a bad image."""
+    """``(image, captions, {"key": key})`` per record, or a :class:`Skipped` marker (keyed ``<split>/<key>``) for a bad image."""
 
-    def __init__(self, records: Sequence[Record], root: str, transform: Transform) -> None:
+    def __init__(self, records: Sequence[Record], root: str, transform: Transform, split: str = "train") -> None:
         self.records = records
         self.root = root
         self.transform = transform
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.records)
@@ -46,7 +47,7 @@ class FileDataset(Dataset):
         try:
             image = open_image(resolve(self.root, record.image))
         except BadSample as bad:
-            return Skipped(bad.cause, record.key)
+            return Skipped(bad.cause, f"{self.split}/{record.key}")
         return self.transform(image), record.captions, {"key": record.key}
 
 
@@ -64,17 +65,17 @@ class EvalImages(Dataset):
         return self.transform(open_image(self.paths[index]))
 
 
-def readable(records: Sequence[Record], root: str) -> tuple[list[Record], dict[str, int]]:
-    """Records whose image decodes, and the others counted by cause (evaluation sets cannot skip later)."""
-    good, skipped = [], {}
+def readable(records: Sequence[Record], root: str, prefix: str = "") -> tuple[list[Record], list[tuple[str, str]]]:
+    """Records whose image decodes, and the others' (cause, ``prefix + key``) (evaluation sets cannot skip later)."""
+    good, bad = [], []
     for record in records:
         try:
             open_image(resolve(root, record.image))
-        except BadSample as bad:
-            skipped[bad.cause] = skipped.get(bad.cause, 0) + 1
+        except BadSample as error:
+            bad.append((error.cause, prefix + record.key))
             continue
         good.append(record)
-    return good, skipped
+    return good, bad
 
 
 class FileDataModule(ImageTextDataModule):
@@ -87,6 +88,7 @@ class FileDataModule(ImageTextDataModule):
     is also a linear-probe set (zero-shot on ``test/``).
     """
 
+    COUNTS_STREAMED_SAMPLES = False  # every sample is counted once, as an annotation row
     TEMPLATES: list[str] = DEFAULT_TEMPLATES  # a domain's own prompt templates
     CLASS_NAMES: dict[str, str] = {}  # a domain's readable names for its class folders
 
@@ -118,15 +120,15 @@ class FileDataModule(ImageTextDataModule):
     def build(self) -> None:
         train = self._read_counted("train")
         val = self._read_counted("val")
-        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True))
+        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True), "train")
         self.val_records = val.records if val else []
-        self.val_set = FileDataset(self.val_records, self.root, self.eval_transform) if val else None
+        self.val_set = FileDataset(self.val_records, self.root, self.eval_transform, "val") if val else None
 
     def _read_counted(self, split: str) -> Reading | None:
         reading = self.read(split)
         if reading is not None:
             self.quality.min_samples = min(QUALITY_WINDOW, max(self.quality.seen + reading.seen, 1))
-            self.quality.add(reading.seen, dict(reading.skipped), where=f"{type(self).__name__} {split} annotations")
+            self.quality.add_counts(f"{split} annotations", reading.seen, dict(reading.skipped), where=f"{type(self).__name__} {split} annotations")
         return reading
 
     def val_dataloader(self) -> DataLoader | list:
@@ -136,11 +138,15 @@ class FileDataModule(ImageTextDataModule):
         texts = [c for r in self.train_set.records for c in r.captions] + [c for r in self.val_records for c in r.captions]
         return texts + [t.format(c) for task in self.zero_shot_tasks() for c in task.class_names for t in task.templates]
 
-    def eval_images(self, records: Sequence[Record], root: str, where: str) -> tuple[list[Record], EvalImages]:
-        """Readable records and their image dataset; unreadable ones are counted once, then left out."""
+    def eval_images(self, records: Sequence[Record], root: str, where: str, scope: str = "val") -> tuple[list[Record], EvalImages]:
+        """Readable records and their image dataset; unreadable ones are counted once, then left out.
+
+        ``scope`` "val" means the validation records (already counted as annotation rows, and
+        their bad images are the validation loader's); any other scope counts its records.
+        """
         if where not in self._eval_cache:
-            good, skipped = readable(records, root)
-            self.quality.add(0, skipped, where=where)
+            good, bad = readable(records, root, "val/" if scope == "val" else "")
+            self.quality.add(scope, 0 if scope == "val" else len(records), bad, where=where)
             self._eval_cache[where] = good, EvalImages([resolve(root, r.image) for r in good], self.eval_transform)
         return self._eval_cache[where]
 
@@ -164,7 +170,8 @@ class FileDataModule(ImageTextDataModule):
 
     def folder_task(self, path: str, split: str) -> ZeroShotTask:
         folder = read_class_folder(Path(path) / split, self.TEMPLATES, self.CLASS_NAMES)
-        good, images = self.eval_images(folder.reading.records, "", f"image folder {Path(path) / split}")
+        where = f"image folder {Path(path) / split}"
+        good, images = self.eval_images(folder.reading.records, "", where, scope=where)
         return ZeroShotTask(Path(path).name, folder.class_names, folder.templates, images, torch.tensor([r.label for r in good]))
 
 

@@ -3,12 +3,14 @@
 Layout: ``mimic-cxr-2.0.0-split.csv(.gz)`` (dicom_id, study_id, subject_id, split),
 images ``files/p10/p10000032/s50414267/<dicom_id>.jpg`` and free-text reports
 ``files/p10/p10000032/s50414267.txt`` with sections such as ``FINDINGS:`` and
-``IMPRESSION:``. Each requested non-empty section is one caption of the image.
+``IMPRESSION:``. Each requested non-empty section is one caption of the image; headings
+are read as MIMIC-CXR's official section parser reads them (see
+:mod:`vlp.data.report_sections`), and a report with no findings or impression is
+captioned by its last paragraph. A report with nothing left is skipped as ``empty_caption``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +18,12 @@ from vlp.data.decode import clean_captions
 from vlp.data.files import FileDataModule
 from vlp.data.quality import MISSING_FILE, BadSample
 from vlp.data.records import Reading, Record, check_columns, collect, table_rows
+from vlp.data.report_sections import report_sections
 from vlp.registry import DATAMODULES
 
 TEMPLATES = ["a chest x-ray showing {}.", "chest radiograph with {}.", "findings consistent with {}.", "{}."]
 CHEXPERT_COMPETITION = {"atelectasis": "atelectasis", "cardiomegaly": "cardiomegaly", "consolidation": "consolidation",
                         "edema": "edema", "pleural_effusion": "pleural effusion"}
-SECTION = re.compile(r"^\s*([A-Z][A-Z /&]+):", re.MULTILINE)
-
-
-def report_sections(text: str) -> dict[str, str]:
-    """``{"findings": ..., "impression": ...}``: the text after each ``UPPERCASE:`` heading, whitespace collapsed."""
-    heads = list(SECTION.finditer(text))
-    sections = {}
-    for head, following in zip(heads, heads[1:] + [None]):
-        body = text[head.end() : following.start() if following else len(text)]
-        sections[head.group(1).strip().lower()] = " ".join(body.split())
-    return sections
-
-
 def study_folder(subject_id: str, study_id: str) -> str:
     return f"files/p{subject_id[:2]}/p{subject_id}/s{study_id}"
 
@@ -66,7 +56,8 @@ class MimicCxrDataModule(FileDataModule):
         if not report.is_file():
             raise BadSample(MISSING_FILE, str(report))
         found = report_sections(report.read_bytes().decode("utf-8", "surrogateescape"))
-        return clean_captions([found.get(name, "") for name in self.sections])
+        captions = [found[name] for name in self.sections if found.get(name)]
+        return clean_captions(captions or [found.get("last_paragraph", "")])
 
     def read(self, split: str) -> Reading | None:
         def to_record(index: int, row: dict[str, str]) -> Record | None:

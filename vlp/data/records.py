@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,3 +143,8 @@ def read_karpathy(path: str | Path, split: str) -> Reading:
         return Record(str(entry.get("imgid", index)), image, clean_captions([s.get("raw", "") for s in entry.get("sentences", [])]))
 
     return collect(images, to_record)
+
+
+def held_out(key: str, fraction: float, seed: int) -> bool:
+    """Whether ``key`` falls in a seeded ``fraction`` of keys (stable across runs, machines and file order)."""
+    return zlib.crc32(f"{seed}:{key}".encode()) < fraction * 2**32

@@ -35,6 +35,7 @@ class RemoteSensingCaptions(KarpathyDataModule):
     """A Karpathy-JSON remote-sensing caption set: ``root`` holds the JSON and the image folder."""
 
     ANNOTATIONS = ""
+    ANNOTATION_FOLDERS: tuple[str, ...] = ("",)  # where copies keep the JSON, relative to root, first found wins
     IMAGES = ""
     TEMPLATES = TEMPLATES
     CLASS_NAMES = UCM_FOLDERS
@@ -47,7 +48,10 @@ class RemoteSensingCaptions(KarpathyDataModule):
         eval_split: str = "test",
         **common: Any,
     ) -> None:
-        super().__init__(annotations=str(Path(root) / (annotations or self.ANNOTATIONS)), eval_split=eval_split,
+        if annotations is None:
+            candidates = [Path(root) / folder / self.ANNOTATIONS for folder in self.ANNOTATION_FOLDERS]
+            annotations = str(next((path for path in candidates if path.is_file()), candidates[0]))
+        super().__init__(annotations=str(Path(root) / annotations), eval_split=eval_split,
                          root=str(Path(root) / (images or self.IMAGES)), **common)
 
     def scene(self, filename: str) -> str | None:
@@ -67,9 +71,10 @@ class RemoteSensingCaptions(KarpathyDataModule):
 
 @DATAMODULES.register("rsicd")
 class RsicdDataModule(RemoteSensingCaptions):
-    """RSICD: 10,921 images, 5 captions each; ``dataset_rsicd.json`` and ``RSICD_images/``."""
+    """RSICD: 10,921 images, 5 captions each; ``dataset_rsicd.json`` (in ``root`` or, as many copies keep it, ``annotations_rsicd/``) and ``RSICD_images/``."""
 
     ANNOTATIONS, IMAGES = "dataset_rsicd.json", "RSICD_images"
+    ANNOTATION_FOLDERS = ("", "annotations_rsicd")
 
     def scene(self, filename: str) -> str | None:
         match = RSICD_SCENE.match(filename)
@@ -95,7 +100,16 @@ class SydneyCaptionsDataModule(RemoteSensingCaptions):
 
 @DATAMODULES.register("rs5m")
 class Rs5mDataModule(WebDatasetDataModule):
-    """RS5M's WebDataset shards (``jpg`` + ``txt``), with remote-sensing prompts for ``zero_shot_folders``."""
+    """RS5M's WebDataset shards, with remote-sensing prompts for ``zero_shot_folders``.
+
+    As published (``{pub11,rs3}-train-{0000..0031}.tar``, read by the dataset's own
+    ``dataloader.py`` in github.com/om-ai-lab/RS5M) each sample is ``<key>.img_content``
+    (image bytes), ``<key>.img_name`` and ``<key>.caption``; the shards ship no sample
+    count, so ``epoch_samples`` must be set.
+    """
 
     TEMPLATES = TEMPLATES
     CLASS_NAMES = UCM_FOLDERS
+
+    def __init__(self, train: list[str], image_key: str | None = "img_content", caption_key: str | None = "caption", **common: Any) -> None:
+        super().__init__(train=train, image_key=image_key, caption_key=caption_key, **common)

@@ -1,7 +1,8 @@
 """WebDataset tar shards, streamed: the pipeline pieces (decoding, bad-sample markers, batching).
 
 A sample is ``<key>.<jpg|jpeg|png|webp>`` plus ``<key>.txt`` and/or ``<key>.json``
-(whose ``captions`` list or ``caption`` string, when present, wins over ``txt``). Shards are listed in the same order on every
+(whose ``captions`` list or ``caption`` string, when present, wins over ``txt``), unless
+``image_key`` / ``caption_key`` name other members (RS5M: ``img_content`` and ``caption``). Shards are listed in the same order on every
 rank and worker (seeded, per-epoch shard shuffle), then split by node and by worker, so
 a finite epoch reads each shard exactly once overall; samples are then shuffled in a
 buffer. A bad member or a truncated shard becomes a :class:`Skipped` marker counted in
@@ -18,16 +19,25 @@ import webdataset as wds
 from vlp.data.decode import clean_captions, open_image
 from vlp.data.quality import BAD_RECORD, MISSING_IMAGE, SHARD_READ_ERROR, BadSample, Skipped
 from vlp.data.transforms import Transform
+from vlp.registry import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
-def captions_of(sample: dict[str, Any]) -> list[str]:
-    """Captions from ``json``'s ``captions`` list or ``caption`` field when present, else ``txt``."""
+def captions_of(sample: dict[str, Any], caption_key: str | None = None) -> list[str]:
+    """Captions from the ``caption_key`` member, else ``json``'s ``captions`` list or ``caption`` field, else ``txt``.
+
+    A ``caption_key`` member ending in ``json`` is read like the ``json`` member; any other is text.
+    """
+    if caption_key is not None and not caption_key.endswith("json"):
+        if caption_key not in sample:
+            raise BadSample(BAD_RECORD, f"no {caption_key} member")
+        return clean_captions([sample[caption_key]])
     meta: Any = {}
-    if "json" in sample:
+    json_key = caption_key or "json"
+    if json_key in sample:
         try:
-            meta = json.loads(sample["json"])
+            meta = json.loads(sample[json_key])
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise BadSample(BAD_RECORD, str(error)) from error
     value = meta.get("captions", meta.get("caption")) if isinstance(meta, dict) else None
@@ -39,20 +49,26 @@ def captions_of(sample: dict[str, Any]) -> list[str]:
 
 
 class Decode:
-    """Raw shard sample -> ``(image, captions, {"key": key})`` or a :class:`Skipped` marker."""
+    """Raw shard sample -> ``(image, captions, {"key": key})`` or a :class:`Skipped` marker.
 
-    def __init__(self, transform: Transform) -> None:
+    ``image_key`` / ``caption_key`` name the members to read (default: the first image
+    extension present, and ``json``/``txt``).
+    """
+
+    def __init__(self, transform: Transform, image_key: str | None = None, caption_key: str | None = None) -> None:
         self.transform = transform
+        self.image_keys = (image_key,) if image_key else IMAGE_EXTENSIONS
+        self.caption_key = caption_key
 
     def __call__(self, sample: dict[str, Any] | Skipped) -> tuple | Skipped:
         if isinstance(sample, Skipped):
             return sample
         key = sample.get("__key__", "")
         try:
-            name = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
+            name = next((ext for ext in self.image_keys if ext in sample), None)
             if name is None:
                 raise BadSample(MISSING_IMAGE, key)
-            captions = captions_of(sample)
+            captions = captions_of(sample, self.caption_key)
             image = open_image(sample[name])
         except BadSample as bad:
             return Skipped(bad.cause, key)
@@ -88,37 +104,58 @@ class ReadErrors:
 
 
 def full_batches(source: Iterable[Any], size: int, collate: Callable[[list], Any], partial: bool) -> Iterator[Any]:
-    """Batches of exactly ``size`` good samples; skipped markers ride along so the collate counts them."""
+    """Batches of exactly ``size`` good samples; skipped markers ride along so the collate counts them.
+
+    Each batch is held back until the next one is complete, so bad samples after the
+    last good one ride with the last batch and are counted too. A stream with samples
+    but none good is a :class:`ConfigError`: its shards hold no member the keys name.
+    """
+    held: list[Any] | None = None
     items: list[Any] = []
     good = 0
     for item in source:
         items.append(item)
         good += not isinstance(item, Skipped)
         if good == size:
-            yield collate(items)
-            items, good = [], 0
+            if held is not None:
+                yield collate(held)
+            held, items, good = items, [], 0
+    if held is None and not good and items:
+        causes = sorted({item.cause for item in items})
+        raise ConfigError(
+            f"A WebDataset stream read {len(items)} samples and none had an image and a caption ({', '.join(causes)}); "
+            f"check that image_key/caption_key name the shards' members (RS5M: img_content, caption) and that the shard pattern is right."
+        )
     if good and partial:
-        yield collate(items)
+        if held is not None:
+            yield collate(held)
+        held, items = items, []
+    if held is not None:
+        yield collate(held + [item for item in items if isinstance(item, Skipped)])
 
 
-def sample_stream(urls: list[str], transform: Transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True) -> wds.DataPipeline:
+def sample_stream(
+    urls: list[str], transform: Transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
+    image_key: str | None = None, caption_key: str | None = None,
+) -> wds.DataPipeline:
     """Decoded samples (and markers) of one source, split across nodes and workers.
 
     Resampled: each worker draws shards with replacement forever (its own seed).
-    Finite: a seeded per-epoch shard order identical on every rank and worker, then
-    ``split_by_node`` and ``split_by_worker``: each shard is read once per epoch
-    (``split=False`` reads every shard here, for evaluation sets built on one process).
+    Finite: ``split_by_node`` and ``split_by_worker`` give worker ``w`` the shards
+    ``urls[w::workers]`` (so its epoch's batch count is known from the shard index), each
+    read once per epoch in a seeded per-epoch order (``split=False`` reads every shard
+    here, for evaluation sets built on one process).
     """
     errors = ReadErrors()
     if resampled:
         stages: list[Any] = [wds.ResampledShards(urls, seed=seed)]
     else:
         stages = [wds.SimpleShardList(urls)]
+        stages += [wds.split_by_node, wds.split_by_worker] if split else []
         if shuffle_buffer > 0:
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed))
-        stages += [wds.split_by_node, wds.split_by_worker] if split else []
     stages += [wds.tarfile_to_samples(handler=errors.handler), errors]
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)))
-    stages.append(wds.map(Decode(transform)))
+    stages.append(wds.map(Decode(transform, image_key, caption_key)))
     return wds.DataPipeline(*stages)

@@ -17,8 +17,10 @@ class IntraModalitySeparation(Objective):
 
     The paper rescales negatives by the distance between the pairs' captions embedded by
     a frozen sentence encoder; offline we use the detached text embeddings of the pairs.
-    AlignCLIP weights this term 0.5 (the objective's YAML ``weight``). Optional
-    ``sample_weight`` in the batch extras scales each sample's term.
+    This add-on has its own temperature; the official recipe (both modalities, weight 0.5
+    against the *sum* of CLIP's two directions, one shared temperature) is the
+    ``alignclip`` objective. Optional ``sample_weight`` in the batch extras scales each
+    sample's term.
     """
 
     def __init__(self, separate_image: bool = True, separate_text: bool = False, init_temperature: float = 0.07,

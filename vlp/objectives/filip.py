@@ -12,9 +12,11 @@ from vlp.registry import OBJECTIVES
 from vlp.step import Step
 
 
-def word_mask(step: Step, view: str = "full") -> Tensor:
-    """Real, non-special text tokens of a text view: FILIP drops padding and [BOS]/[EOS]-like tokens."""
+def word_mask(step: Step, view: str = "full", mask_special_tokens: bool = True) -> Tensor:
+    """Text tokens FILIP compares in a text view: never padding, and not [BOS]/[EOS]-like tokens when ``mask_special_tokens``."""
     text = step.text(view)
+    if not mask_special_tokens:
+        return text.mask
     ids = text.input_ids if text.input_ids is not None else step.batch.input_ids
     special = torch.tensor(step.encoder.text_tower.tokenizer.all_special_ids, device=ids.device)
     return text.mask & ~torch.isin(ids, special)
@@ -26,22 +28,27 @@ class FILIP(Objective):
 
     ``chunk_size`` bounds memory: at most chunk_size^2 x patches x words similarities
     exist at once. Optional ``sample_weight`` in the batch extras scales each pair's loss.
+    ``mask_special_tokens`` (default) leaves [BOS]/[EOS]-like tokens out of the word
+    tokens, as the paper compares words; peer implementations mask only padding
+    (``false``), which changes the loss. A caption with no word token left adds 0 to the
+    loss and is no negative (see :func:`vlp.functional.filip_loss`).
     """
 
     def __init__(
         self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0,
-        image_view: str = "full", text_view: str = "full",
+        mask_special_tokens: bool = True, image_view: str = "full", text_view: str = "full",
     ) -> None:
         super().__init__()
         self.image_view, self.text_view = image_view, text_view
         self.chunk_size = chunk_size
+        self.mask_special_tokens = mask_special_tokens
         self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
         image, text = step.image(self.image_view), step.text(self.text_view)
         loss = filip_loss(
-            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step, self.text_view), scale,
-            self.chunk_size, step.batch.extras.get("sample_weight"), step.batch_sizes(),
+            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step, self.text_view, self.mask_special_tokens),
+            scale, self.chunk_size, step.batch.extras.get("sample_weight"), step.batch_sizes(),
         )
         return {"loss": loss, "logit_scale": scale.detach()}

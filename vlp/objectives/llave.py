@@ -15,18 +15,19 @@ from vlp.step import Step
 class HardnessWeightedContrastive(Objective):
     """InfoNCE whose negatives are weighted by exp(alpha * cosine), detached (a reward model).
 
-    ``alpha`` sets how strongly hard negatives count; 0 is InfoNCE. Optional
-    ``sample_weight`` in the batch extras scales each pair's loss.
+    ``alpha`` sets how strongly hard negatives count; 0 is InfoNCE. ``learn_temperature:
+    false`` keeps the scale at ``1/init_temperature`` (LLaVE's training scripts fix it at 50).
+    Optional ``sample_weight`` in the batch extras scales each pair's loss.
     """
 
     def __init__(
         self, alpha: float = 9.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0,
-        image_view: str = "full", text_view: str = "full",
+        learn_temperature: bool = True, image_view: str = "full", text_view: str = "full",
     ) -> None:
         super().__init__()
         self.image_view, self.text_view = image_view, text_view
         self.alpha = alpha
-        self.logit_scale = LogitScale(init_temperature, max_logit_scale)
+        self.logit_scale = LogitScale(init_temperature, max_logit_scale, learn_temperature)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
