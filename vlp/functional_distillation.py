@@ -1,0 +1,49 @@
+"""Distillation losses between a student's and a teacher's image-text similarity distributions.
+
+Inputs are per-rank, as in :mod:`vlp.functional`: each rank scores its own rows against
+the gathered global batch, so the mean over ranks equals the single-process loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vlp.distributed import all_gather_with_grad
+from vlp.functional import weighted_mean
+
+
+def _row_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
+    """KL(softmax(teacher) || softmax(student)) per row, computed in float32 or wider."""
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    teacher_log_p = F.log_softmax(teacher_logits.to(dtype), dim=-1)
+    student_log_p = F.log_softmax(student_logits.to(dtype), dim=-1)
+    return (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(-1)
+
+
+def affinity_kl(
+    student_images: Tensor,
+    student_texts: Tensor,
+    student_scale: Tensor,
+    teacher_images: Tensor,
+    teacher_texts: Tensor,
+    teacher_scale: Tensor | float,
+    sample_weight: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Image-to-text and text-to-image KL between teacher and student affinities (TinyCLIP, MobileCLIP).
+
+    Affinities are softmax(scale · cosine similarity) over the global batch; each model
+    uses its own scale. The teacher receives no gradient. Returns (image→text, text→image),
+    each the global mean over rows of KL(teacher row || student row).
+    """
+    images, texts = F.normalize(student_images, dim=-1), F.normalize(student_texts, dim=-1)
+    with torch.no_grad():
+        t_images, t_texts = F.normalize(teacher_images, dim=-1), F.normalize(teacher_texts, dim=-1)
+        t_all_images, t_all_texts = all_gather_with_grad(t_images), all_gather_with_grad(t_texts)
+        teacher_i2t = teacher_scale * t_images @ t_all_texts.T
+        teacher_t2i = teacher_scale * t_texts @ t_all_images.T
+    all_images, all_texts = all_gather_with_grad(images), all_gather_with_grad(texts)
+    image_to_text = _row_kl(teacher_i2t, student_scale * images @ all_texts.T)
+    text_to_image = _row_kl(teacher_t2i, student_scale * texts @ all_images.T)
+    return weighted_mean(image_to_text, sample_weight), weighted_mean(text_to_image, sample_weight)
