@@ -57,3 +57,29 @@ def test_identical_student_and_teacher_give_zero():
     images, texts = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     i2t, t2i = affinity_kl(images, texts, torch.tensor(10.0, dtype=torch.float64), images, texts, 10.0)
     assert abs(i2t.item()) < 1e-14 and abs(t2i.item()) < 1e-14
+
+
+def test_self_distillation_loss_equals_dino_formula():
+    from vlp.functional_distillation import self_distillation_loss, updated_center
+
+    torch.manual_seed(2)
+    students = [torch.randn(3, 5, dtype=torch.float64, requires_grad=True) for _ in range(4)]
+    teachers = [torch.randn(3, 5, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    center = torch.randn(5, dtype=torch.float64)
+    loss = self_distillation_loss(students, teachers, center, 0.1, 0.04)
+    total = 0.0
+    for t in teachers:
+        for s in students:
+            for row in range(3):
+                shifted = [(float(t[row, k]) - float(center[k])) / 0.04 for k in range(5)]
+                top = max(shifted)
+                p = [math.exp(v - top) for v in shifted]
+                p = [v / sum(p) for v in p]
+                logits = [float(s[row, k]) / 0.1 for k in range(5)]
+                log_z = max(logits) + math.log(sum(math.exp(v - max(logits)) for v in logits))
+                total += -sum(p[k] * (logits[k] - log_z) for k in range(5))
+    assert abs(loss.item() - total / (2 * 4 * 3)) < 1e-12
+    loss.backward()
+    assert all(t.grad is None for t in teachers) and all(s.grad is not None for s in students)
+    expected_center = 0.9 * center + 0.1 * torch.cat(teachers).detach().mean(0)
+    torch.testing.assert_close(updated_center(center, teachers, 0.9), expected_center, rtol=0, atol=1e-15)

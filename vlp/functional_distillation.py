@@ -14,11 +14,15 @@ from vlp.distributed import all_gather_with_grad
 from vlp.functional import weighted_mean
 
 
+def _wide(tensor: Tensor) -> Tensor:
+    """At least float32, whatever the autocast dtype: softmaxes and losses are never computed in 16 bits."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _row_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
-    """KL(softmax(teacher) || softmax(student)) per row, computed in float32 or wider."""
-    dtype = torch.promote_types(student_logits.dtype, torch.float32)
-    teacher_log_p = F.log_softmax(teacher_logits.to(dtype), dim=-1)
-    student_log_p = F.log_softmax(student_logits.to(dtype), dim=-1)
+    """KL(softmax(teacher) || softmax(student)) per row."""
+    teacher_log_p = F.log_softmax(_wide(teacher_logits), dim=-1)
+    student_log_p = F.log_softmax(_wide(student_logits), dim=-1)
     return (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(-1)
 
 
@@ -47,3 +51,34 @@ def affinity_kl(
     image_to_text = _row_kl(teacher_i2t, student_scale * images @ all_texts.T)
     text_to_image = _row_kl(teacher_t2i, student_scale * texts @ all_images.T)
     return weighted_mean(image_to_text, sample_weight), weighted_mean(text_to_image, sample_weight)
+
+
+def self_distillation_loss(
+    student_logits: list[Tensor],
+    teacher_logits: list[Tensor],
+    center: Tensor,
+    student_temperature: float,
+    teacher_temperature: float,
+) -> Tensor:
+    """DINO's cross-view loss, as SILC uses it: every student view predicts every teacher view.
+
+    The teacher's distribution is centred (``center`` subtracted) and sharpened (a low
+    ``teacher_temperature``) and carries no gradient; the loss is the cross-entropy
+    −Σ p_teacher · log p_student averaged over (teacher view, student view) pairs and
+    over the global batch. SILC's student sees only local crops, so no pair is skipped.
+    """
+    targets = [F.softmax((_wide(t.detach()) - center) / teacher_temperature, dim=-1) for t in teacher_logits]
+    log_predictions = [F.log_softmax(_wide(s) / student_temperature, dim=-1) for s in student_logits]
+    pairs = [-(target * log_p).sum(-1) for target in targets for log_p in log_predictions]
+    return weighted_mean(torch.stack(pairs).mean(0), None)
+
+
+@torch.no_grad()
+def updated_center(center: Tensor, teacher_logits: list[Tensor], momentum: float) -> Tensor:
+    """DINO's centre: an exponential moving average of the teacher's mean output over the global batch."""
+    outputs = torch.cat([_wide(t) for t in teacher_logits])
+    total, count = outputs.sum(0), torch.tensor(float(outputs.shape[0]), device=outputs.device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+        torch.distributed.all_reduce(count)
+    return center * momentum + (total / count) * (1 - momentum)
