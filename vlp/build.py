@@ -9,9 +9,11 @@ import yaml
 from torch import nn
 
 from vlp.config.experiment import Component, Experiment
+from vlp.config.schema import declared_parameters
 from vlp.data.base import ImageTextDataModule
 from vlp.model import DualEncoder, VLPModule
 from vlp.encoders.weights import read_state_dict
+from vlp.needs import ModelInfo
 from vlp.registry import ConfigError
 from vlp.text.word_tokenizer import build_word_tokenizer, tokenizer_from_json
 from vlp.tuning import apply_tuning
@@ -19,7 +21,7 @@ from vlp.tuning import apply_tuning
 
 def instantiate(component: Component, **injected: Any) -> Any:
     """Build a component with its YAML arguments plus the injected ones it declares."""
-    accepted = inspect.signature(component.cls.__init__).parameters
+    accepted = declared_parameters(component.cls) if inspect.isclass(component.cls) else inspect.signature(component.cls).parameters
     extra = {k: v for k, v in injected.items() if k in accepted}
     return component.cls(**component.params, **extra)
 
@@ -33,6 +35,9 @@ def build_module(experiment: Experiment, datamodule: ImageTextDataModule, tokeni
 
     A text tower without a tokenizer of its own gets a word-level vocabulary of the
     datamodule's captions (or, when restoring, the one stored in the checkpoint).
+    Objectives are built after the towers, so they receive what they declare of
+    :class:`ModelInfo` (widths, vocabulary, special ids, patch grid, the encoder) and
+    their modules exist before ``init_from`` loads and before optimizers are made.
     """
     corpus_tokenizer: dict[str, Any] = {}
 
@@ -43,15 +48,16 @@ def build_module(experiment: Experiment, datamodule: ImageTextDataModule, tokeni
 
     image_tower = instantiate(experiment.image_encoder, embed_dim=experiment.embed_dim)
     text_tower = instantiate(experiment.text_encoder, embed_dim=experiment.embed_dim, default_tokenizer=default_tokenizer)
-    objectives = {o.name: instantiate(o, embed_dim=experiment.embed_dim) for o in experiment.objectives}
     datamodule.attach_tokenizer(text_tower.tokenize)
     encoder = DualEncoder(image_tower, text_tower)
+    info = ModelInfo.of(encoder, experiment.embed_dim).as_dict()
+    objectives = {o.name: instantiate(o, **info) for o in experiment.objectives}
     if experiment.init_from is not None:
         load_partial(nn.ModuleDict({"encoder": encoder, "objectives": nn.ModuleDict(objectives)}), experiment.init_from)
     apply_tuning(image_tower, experiment.image_tuning)
     apply_tuning(text_tower, experiment.text_tuning)
     for objective in objectives.values():
-        objective.requires_grad_(experiment.train_objectives)
+        objective.set_trainable(experiment.train_objectives)
     state = {
         "config": yaml.safe_dump(experiment.resolved, sort_keys=False),
         "tokenizer": corpus_tokenizer.get("json"),
@@ -62,8 +68,9 @@ def build_module(experiment: Experiment, datamodule: ImageTextDataModule, tokeni
         weights={o.name: o.weight for o in experiment.objectives},
         active={o.name: o.active for o in experiment.objectives},
         optim=experiment.optim,
-        evaluations=[instantiate(e) for e in experiment.evaluations],
+        evaluations=[instantiate(e, objectives=objectives) for e in experiment.evaluations],
         state=state,
+        views={name: instantiate(view) for name, view in experiment.views.items()},
     )
 
 

@@ -2,9 +2,14 @@
 
 Ranks may hold batches of different sizes (a batch that lost a bad sample is one
 short), so gathers exchange sizes first and each rank knows its offset in the global batch.
+A training step exchanges the batch sizes once and shares them (``Gathered``), so the
+objectives of one step gather each view's embeddings once, with one size exchange in all.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -45,9 +50,8 @@ class _AllGatherWithGrad(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:
+    def forward(ctx, tensor: Tensor, sizes: Sequence[int]) -> Tensor:
         rank, world_size = rank_and_world_size()
-        sizes = batch_sizes(tensor.shape[0], tensor.device)
         padded = F.pad(tensor, (0, 0) * (tensor.ndim - 1) + (0, max(sizes) - tensor.shape[0]))
         parts = [torch.empty_like(padded) for _ in range(world_size)]
         dist.all_gather(parts, padded.contiguous())
@@ -55,15 +59,52 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return torch.cat([part[:size] for part, size in zip(parts, sizes)])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous()
         dist.all_reduce(grad)
-        return grad[ctx.start : ctx.start + ctx.size]
+        return grad[ctx.start : ctx.start + ctx.size], None
 
 
-def all_gather_with_grad(tensor: Tensor) -> Tensor:
-    """Concatenate ``tensor`` from all ranks along dim 0 (rank order); identity on one process."""
+def all_gather_with_grad(tensor: Tensor, sizes: Sequence[int] | None = None) -> Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0 (rank order); identity on one process.
+
+    ``sizes`` are every rank's row counts when already known (see ``Gathered``); else
+    they are exchanged first.
+    """
     _, world_size = rank_and_world_size()
     if world_size == 1:
         return tensor
-    return _AllGatherWithGrad.apply(tensor)
+    if sizes is None:
+        sizes = batch_sizes(tensor.shape[0], tensor.device)
+    return _AllGatherWithGrad.apply(tensor, tuple(sizes))
+
+
+@dataclass
+class Gathered:
+    """L2-normalised embeddings of one view: this rank's rows and every rank's rows.
+
+    Computed once per step per view (``Step.gathered``) and shared by the objectives
+    that read it, so a step gathers each view once whatever the number of losses.
+    ``sizes`` are the ranks' row counts; ``offset`` is where this rank's rows start.
+    """
+
+    local: Tensor
+    all: Tensor
+    sizes: tuple[int, ...]
+
+    @property
+    def offset(self) -> int:
+        rank, _ = rank_and_world_size()
+        return sum(self.sizes[:rank])
+
+    def labels(self) -> Tensor:
+        """Global indices of this rank's rows: their positives in the gathered batch."""
+        return torch.arange(self.local.shape[0], device=self.local.device) + self.offset
+
+
+def gather_normalized(embeddings: Tensor, sizes: Sequence[int] | None = None) -> Gathered:
+    """Normalise and gather ``embeddings`` (exchanging sizes unless given)."""
+    local = F.normalize(embeddings, dim=-1)
+    if sizes is None:
+        sizes = batch_sizes(local.shape[0], local.device)
+    return Gathered(local, all_gather_with_grad(local, sizes), tuple(sizes))

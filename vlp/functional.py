@@ -8,10 +8,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.distributed import all_gather_with_grad, batch_offset, batch_sizes, rank_and_world_size
+from vlp.distributed import Gathered, all_gather_with_grad, batch_sizes, gather_normalized, rank_and_world_size
+
+Embeddings = Tensor | Gathered  # raw embeddings, or a step's normalised and gathered view (shared)
 
 
-def weighted_mean(values: Tensor, sample_weight: Tensor | None) -> Tensor:
+def gathered(*embeddings: Embeddings) -> list[Gathered]:
+    """Each input as a ``Gathered`` view; raw tensors (same row counts) share one size exchange."""
+    sizes = next((e.sizes for e in embeddings if isinstance(e, Gathered)), None)
+    views = []
+    for embedding in embeddings:
+        if not isinstance(embedding, Gathered):
+            sizes = sizes if sizes is not None else batch_sizes(embedding.shape[0], embedding.device)
+            embedding = gather_normalized(embedding, sizes)
+        views.append(embedding)
+    return views
+
+
+def weighted_mean(values: Tensor, sample_weight: Tensor | None, sizes: tuple[int, ...] | None = None) -> Tensor:
     """This rank's share of the global-batch mean of per-sample losses, each scaled by its weight.
 
     Weights multiply per-sample losses and the mean stays over the batch size (not the
@@ -24,11 +38,12 @@ def weighted_mean(values: Tensor, sample_weight: Tensor | None) -> Tensor:
     _, world_size = rank_and_world_size()
     if world_size == 1:
         return values.mean()
-    return values.sum() * (world_size / sum(batch_sizes(values.shape[0], values.device)))
+    sizes = sizes if sizes is not None else batch_sizes(values.shape[0], values.device)
+    return values.sum() * (world_size / sum(sizes))
 
 
 def infonce_loss(
-    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, sample_weight: Tensor | None = None
+    image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, sample_weight: Tensor | None = None
 ) -> Tensor:
     """Symmetric InfoNCE (CLIP) over the global batch, computed for this rank's rows.
 
@@ -38,24 +53,16 @@ def infonce_loss(
     gradients are exactly that loss's gradients (see ``all_gather_with_grad``).
     With ``sample_weight`` (B,) each pair's two cross-entropies are scaled by its weight.
     """
-    images = F.normalize(image_embeddings, dim=-1)
-    texts = F.normalize(text_embeddings, dim=-1)
-    all_images = all_gather_with_grad(images)
-    all_texts = all_gather_with_grad(texts)
-    labels = _local_labels(images.shape[0], images.device)
-    image_to_text = logit_scale * images @ all_texts.T
-    text_to_image = logit_scale * texts @ all_images.T
+    images, texts = gathered(image_embeddings, text_embeddings)
+    labels = images.labels()
+    image_to_text = logit_scale * images.local @ texts.all.T
+    text_to_image = logit_scale * texts.local @ images.all.T
     per_pair = F.cross_entropy(image_to_text, labels, reduction="none") + F.cross_entropy(text_to_image, labels, reduction="none")
-    return weighted_mean(per_pair / 2, sample_weight)
-
-
-def _local_labels(batch_size: int, device: torch.device) -> Tensor:
-    """Global indices of this rank's samples: its positives in a gathered batch."""
-    return torch.arange(batch_size, device=device) + batch_offset(batch_size, device)
+    return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
 def sigmoid_loss(
-    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, logit_bias: Tensor,
+    image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, logit_bias: Tensor,
     sample_weight: Tensor | None = None,
 ) -> Tensor:
     """SigLIP (Zhai et al., 2023, Alg. 1): -1/|B| sum_i sum_j log sigmoid(z_ij (t x_i.y_j + b)).
@@ -66,18 +73,16 @@ def sigmoid_loss(
     the global batch; gathered texts send their gradients home (``all_gather_with_grad``).
     ``sample_weight`` scales each image's row of terms.
     """
-    images = F.normalize(image_embeddings, dim=-1)
-    texts = F.normalize(text_embeddings, dim=-1)
+    images, texts = gathered(image_embeddings, text_embeddings)
     rank, _ = rank_and_world_size()
-    rows = torch.zeros(images.shape[0], dtype=images.dtype, device=images.device)
-    blocks = all_gather_with_grad(texts).split(batch_sizes(texts.shape[0], texts.device))
-    for block, block_texts in enumerate(blocks):
-        logits = logit_scale * images @ block_texts.T + logit_bias
+    rows = torch.zeros(images.local.shape[0], dtype=images.local.dtype, device=images.local.device)
+    for block, block_texts in enumerate(texts.all.split(list(texts.sizes))):
+        logits = logit_scale * images.local @ block_texts.T + logit_bias
         signs = -torch.ones_like(logits)
         if block == rank:
             signs.diagonal().fill_(1.0)
         rows = rows + F.logsigmoid(signs * logits).sum(dim=1)
-    return -weighted_mean(rows, sample_weight)
+    return -weighted_mean(rows, sample_weight, images.sizes)
 
 
 def reweighted_infonce(logits: Tensor, labels: Tensor, log_weights: Tensor) -> Tensor:
@@ -90,7 +95,7 @@ def reweighted_infonce(logits: Tensor, labels: Tensor, log_weights: Tensor) -> T
 
 
 def hn_nce_loss(
-    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float, beta: float,
+    image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, alpha: float, beta: float,
     sample_weight: Tensor | None = None,
 ) -> Tensor:
     """HN-NCE (Radenovic et al., 2023, DiHT, Eq. 3), both directions averaged.
@@ -99,9 +104,8 @@ def hn_nce_loss(
     w_ij = (B-1) e^{beta s_ij} / sum_{k!=i} e^{beta s_ik} over the global batch (weights
     carry gradients, as in the paper). alpha=1, beta=0 is InfoNCE; alpha=0 is DHN-NCE.
     """
-    images = F.normalize(image_embeddings, dim=-1)
-    texts = F.normalize(text_embeddings, dim=-1)
-    labels = _local_labels(images.shape[0], images.device)
+    images, texts = gathered(image_embeddings, text_embeddings)
+    labels = images.labels()
 
     def direction(queries: Tensor, keys: Tensor) -> Tensor:
         logits = logit_scale * queries @ keys.T
@@ -111,12 +115,12 @@ def hn_nce_loss(
         log_weights = log_weights.masked_fill(positive, math.log(alpha) if alpha > 0 else -math.inf)
         return reweighted_infonce(logits, labels, log_weights)
 
-    per_pair = direction(images, all_gather_with_grad(texts)) + direction(texts, all_gather_with_grad(images))
-    return weighted_mean(per_pair / 2, sample_weight)
+    per_pair = direction(images.local, texts.all) + direction(texts.local, images.all)
+    return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
 def llave_loss(
-    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float,
+    image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, alpha: float,
     sample_weight: Tensor | None = None,
 ) -> Tensor:
     """LLaVE's hardness-weighted contrastive loss (Lan et al., 2025, Eq. 5-6), both directions.
@@ -124,9 +128,8 @@ def llave_loss(
     Row i: -log e^{s_ii} / (e^{s_ii} + sum_{j!=i} w_ij e^{s_ij}) with w_ij = e^{alpha sg(c_ij)},
     c the cosine similarity (not scaled by the temperature) and sg stop-gradient.
     """
-    images = F.normalize(image_embeddings, dim=-1)
-    texts = F.normalize(text_embeddings, dim=-1)
-    labels = _local_labels(images.shape[0], images.device)
+    images, texts = gathered(image_embeddings, text_embeddings)
+    labels = images.labels()
 
     def direction(queries: Tensor, keys: Tensor) -> Tensor:
         cosine = queries @ keys.T
@@ -134,12 +137,12 @@ def llave_loss(
         log_weights = (alpha * cosine.detach()).masked_fill(positive, 0.0)
         return reweighted_infonce(logit_scale * cosine, labels, log_weights)
 
-    per_pair = direction(images, all_gather_with_grad(texts)) + direction(texts, all_gather_with_grad(images))
-    return weighted_mean(per_pair / 2, sample_weight)
+    per_pair = direction(images.local, texts.all) + direction(texts.local, images.all)
+    return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
 def multi_positive_infonce(
-    image_embeddings: Tensor, caption_embeddings: Tensor, caption_valid: Tensor, logit_scale: Tensor,
+    image_embeddings: Embeddings, caption_embeddings: Tensor, caption_valid: Tensor, logit_scale: Tensor,
     sample_weight: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE with every caption of an image a positive (SupCon's L_out, Khosla et al., 2020).
@@ -150,23 +153,25 @@ def multi_positive_infonce(
     ``caption_embeddings`` is (B, K, D), ``caption_valid`` (B, K). With K=1 this is InfoNCE.
     """
     batch, captions_per_image = caption_valid.shape
-    images = F.normalize(image_embeddings, dim=-1)
+    (image_view,) = gathered(image_embeddings)
+    images = image_view.local
     captions = F.normalize(caption_embeddings, dim=-1).flatten(0, 1)
     valid = caption_valid.to(images.dtype)
-    labels = _local_labels(batch, images.device)
-    all_valid = all_gather_with_grad(valid.flatten()).bool()
-    logits = (logit_scale * images @ all_gather_with_grad(captions).T).masked_fill(~all_valid, -math.inf)
+    labels = image_view.labels()
+    caption_sizes = batch_sizes(captions.shape[0], captions.device)
+    all_valid = all_gather_with_grad(valid.flatten(), caption_sizes).bool()
+    logits = (logit_scale * images @ all_gather_with_grad(captions, caption_sizes).T).masked_fill(~all_valid, -math.inf)
     log_probs = logits - torch.logsumexp(logits, dim=1, keepdim=True)
     own = labels.unsqueeze(1) * captions_per_image + torch.arange(captions_per_image, device=images.device)
     own_log_probs = log_probs.gather(1, own).masked_fill(valid == 0, 0.0)
     image_to_text = -(own_log_probs.sum(1) / valid.sum(1))
-    text_logits = logit_scale * captions @ all_gather_with_grad(images).T
+    text_logits = logit_scale * captions @ image_view.all.T
     text_losses = F.cross_entropy(text_logits, labels.repeat_interleave(captions_per_image), reduction="none")
     text_to_image = (text_losses.view(batch, captions_per_image) * valid).sum(1) / valid.sum(1)
-    return weighted_mean((image_to_text + text_to_image) / 2, sample_weight)
+    return weighted_mean((image_to_text + text_to_image) / 2, sample_weight, image_view.sizes)
 
 
-def _gather_tokens(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+def _gather_tokens(tokens: Tensor, mask: Tensor, sizes: tuple[int, ...]) -> tuple[Tensor, Tensor]:
     """Gather (B, N, D) tokens and (B, N) masks from all ranks, padding N to the longest rank."""
     _, world_size = rank_and_world_size()
     if world_size == 1:
@@ -177,7 +182,7 @@ def _gather_tokens(tokens: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     pad = int(max(lengths).item()) - tokens.shape[1]
     tokens = F.pad(tokens, (0, 0, 0, pad))
     mask = F.pad(mask.to(tokens.dtype), (0, pad))
-    return all_gather_with_grad(tokens), all_gather_with_grad(mask).bool()
+    return all_gather_with_grad(tokens, sizes), all_gather_with_grad(mask, sizes).bool()
 
 
 def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key_mask: Tensor, chunk_size: int) -> Tensor:
@@ -203,21 +208,22 @@ def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key
 
 def filip_loss(
     image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
-    chunk_size: int = 64, sample_weight: Tensor | None = None,
+    chunk_size: int = 64, sample_weight: Tensor | None = None, sizes: tuple[int, ...] | None = None,
 ) -> Tensor:
     """FILIP (Yao et al., 2022, Eq. 3-5): InfoNCE on token-wise similarities, both directions.
 
     Image-to-text uses s^I (mean over patches of the max over words), text-to-image uses
     s^T (mean over words of the max over patches). Tokens are L2-normalised per token;
     masks drop padding and special tokens. Each rank scores its images against every
-    rank's texts and its texts against every rank's images.
+    rank's texts and its texts against every rank's images. ``sizes`` are the ranks' batch
+    sizes when the step already exchanged them.
     """
-    return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, False)
+    return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, False, sizes)
 
 
 def _token_infonce(
     image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
-    chunk_size: int, sample_weight: Tensor | None, words_both_ways: bool,
+    chunk_size: int, sample_weight: Tensor | None, words_both_ways: bool, sizes: tuple[int, ...] | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE on token-wise similarities over the global batch.
 
@@ -226,9 +232,11 @@ def _token_infonce(
     """
     image_tokens = F.normalize(image_tokens, dim=-1)
     text_tokens = F.normalize(text_tokens, dim=-1)
-    all_texts, all_text_mask = _gather_tokens(text_tokens, text_mask)
-    all_images, all_image_mask = _gather_tokens(image_tokens, image_mask)
-    labels = _local_labels(image_tokens.shape[0], image_tokens.device)
+    sizes = tuple(sizes) if sizes is not None else tuple(batch_sizes(image_tokens.shape[0], image_tokens.device))
+    all_texts, all_text_mask = _gather_tokens(text_tokens, text_mask, sizes)
+    all_images, all_image_mask = _gather_tokens(image_tokens, image_mask, sizes)
+    rank, _ = rank_and_world_size()
+    labels = torch.arange(image_tokens.shape[0], device=image_tokens.device) + sum(sizes[:rank])
     if words_both_ways:
         image_to_text = token_wise_similarity(all_texts, all_text_mask, image_tokens, image_mask, chunk_size).T
     else:
@@ -236,11 +244,11 @@ def _token_infonce(
     text_to_image = token_wise_similarity(text_tokens, text_mask, all_images, all_image_mask, chunk_size)
     per_pair = F.cross_entropy(logit_scale * image_to_text, labels, reduction="none")
     per_pair = per_pair + F.cross_entropy(logit_scale * text_to_image, labels, reduction="none")
-    return weighted_mean(per_pair / 2, sample_weight)
+    return weighted_mean(per_pair / 2, sample_weight, sizes)
 
 
 def intra_modality_separation_loss(
-    embeddings: Tensor, paired_embeddings: Tensor, semantic_embeddings: Tensor, logit_scale: Tensor,
+    embeddings: Embeddings, paired_embeddings: Embeddings, semantic_embeddings: Embeddings, logit_scale: Tensor,
     sample_weight: Tensor | None = None,
 ) -> Tensor:
     """AlignCLIP's IMSep (Eslami & de Melo, 2025, Sec. 4.2): push same-modality embeddings apart.
@@ -250,18 +258,17 @@ def intra_modality_separation_loss(
     with similar meaning are pushed less; the positive l_ii = scale * x_i.y_i is the
     cross-modal similarity of the pair. ``semantic_embeddings`` carry no gradient.
     """
-    x = F.normalize(embeddings, dim=-1)
-    paired = F.normalize(paired_embeddings, dim=-1)
-    semantic = F.normalize(semantic_embeddings.detach(), dim=-1)
-    labels = _local_labels(x.shape[0], x.device)
-    rescaled = (x @ all_gather_with_grad(x).T) * (1 - semantic @ all_gather_with_grad(semantic).T)
+    own, pair, meaning = gathered(embeddings, paired_embeddings, semantic_embeddings)
+    x, paired = own.local, pair.local
+    labels = own.labels()
+    rescaled = (x @ own.all.T) * (1 - meaning.local.detach() @ meaning.all.detach().T)
     positive = F.one_hot(labels, rescaled.shape[1]).bool()
     logits = logit_scale * torch.where(positive, (x * paired).sum(1, keepdim=True), rescaled)
-    return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight)
+    return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight, own.sizes)
 
 
 def soft_label_infonce(
-    image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, negative_mass: float,
+    image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, negative_mass: float,
     sample_weight: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE against softened targets (LightCLIP, Nie et al., 2023, Sec. 3.2), both directions.
@@ -270,9 +277,8 @@ def soft_label_infonce(
     y_ii = 1 - negative_mass and y_ij = negative_mass / (N - 1) for each negative j.
     negative_mass = 0 is InfoNCE; the objective grows it over training.
     """
-    images = F.normalize(image_embeddings, dim=-1)
-    texts = F.normalize(text_embeddings, dim=-1)
-    labels = _local_labels(images.shape[0], images.device)
+    images, texts = gathered(image_embeddings, text_embeddings)
+    labels = images.labels()
 
     def direction(queries: Tensor, keys: Tensor) -> Tensor:
         log_probs = torch.log_softmax(logit_scale * queries @ keys.T, dim=1)
@@ -280,13 +286,13 @@ def soft_label_infonce(
         targets = torch.full_like(log_probs, negative).scatter_(1, labels.unsqueeze(1), 1.0 - negative_mass)
         return -(targets * log_probs).sum(1)
 
-    per_pair = direction(images, all_gather_with_grad(texts)) + direction(texts, all_gather_with_grad(images))
-    return weighted_mean(per_pair / 2, sample_weight)
+    per_pair = direction(images.local, texts.all) + direction(texts.local, images.all)
+    return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
 def relaxed_matching_loss(
     image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
-    chunk_size: int = 64, sample_weight: Tensor | None = None,
+    chunk_size: int = 64, sample_weight: Tensor | None = None, sizes: tuple[int, ...] | None = None,
 ) -> Tensor:
     """LightCLIP's token-level alignment (Nie et al., 2023, Sec. 3.3), both directions.
 
@@ -295,7 +301,7 @@ def relaxed_matching_loss(
     of max over valid patches p of image i of w.p (per-token L2-normalised). InfoNCE on s
     in both directions, so image-to-text and text-to-image rank the same word-matched score.
     """
-    return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, True)
+    return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, True, sizes)
 
 
 def consistency_gates(

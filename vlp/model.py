@@ -41,7 +41,8 @@ class VLPModule(L.LightningModule):
     """Pairs a :class:`DualEncoder` with weighted objectives; Lightning does the rest.
 
     ``state`` (the resolved config and the tokenizer) is stored in every checkpoint so
-    ``vlp eval`` and ``--resume`` rebuild exactly this model.
+    ``vlp eval`` and ``--resume`` rebuild exactly this model. ``views`` are the YAML's
+    named views (``model.views``), merged with those objectives declare.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class VLPModule(L.LightningModule):
         optim: OptimConfig,
         evaluations: list[Evaluation],
         state: dict[str, Any],
+        views: dict[str, Any] | None = None,
         active: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         super().__init__()
@@ -62,8 +64,10 @@ class VLPModule(L.LightningModule):
         self.optim_config = optim
         self.evaluations = evaluations
         self.vlp_state = state
-        self.image_views = _collect_views({"full": full_image}, [o.image_views() for o in objectives.values()], "image")
-        self.text_views = _collect_views({"full": full_text}, [o.text_views() for o in objectives.values()], "text")
+        declared = {tower: {n: v for n, v in (views or {}).items() if v.tower == tower} for tower in ("image", "text")}
+        self.image_views = _collect_views({"full": full_image}, [declared["image"]] + [o.image_views() for o in objectives.values()], "image")
+        self.text_views = _collect_views({"full": full_text}, [declared["text"]] + [o.text_views() for o in objectives.values()], "text")
+        _check_views_read(objectives, self.image_views, self.text_views)
         self.total_steps = 1
 
     def on_fit_start(self) -> None:
@@ -101,12 +105,14 @@ class VLPModule(L.LightningModule):
     @torch.no_grad()
     def evaluate(self, datamodule: Any) -> dict[str, float]:
         """Run every configured evaluation on the datamodule's evaluation sets."""
-        was_training = self.encoder.training
+        was_training = self.encoder.training, self.objectives.training
         self.encoder.eval()
+        self.objectives.eval()  # evaluations may use an objective's modules (a caption decoder)
         results: dict[str, float] = {}
         for evaluation in self.evaluations:
             results.update(evaluation(self.encoder, datamodule))
-        self.encoder.train(was_training)
+        self.encoder.train(was_training[0])
+        self.objectives.train(was_training[1])
         return results
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -128,7 +134,8 @@ class VLPModule(L.LightningModule):
         """State keys that the config reloads by itself: frozen weights from a local pretrained source.
 
         Checkpoints leave them out, so a LoRA or locked-tower checkpoint holds only what
-        trained (plus the config that names the base weights).
+        trained (plus the config that names the base weights). An objective's frozen
+        modules held with ``reloaded=True`` (a pretrained teacher) are left out too.
         """
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
         keys = set()
@@ -137,6 +144,14 @@ class VLPModule(L.LightningModule):
             prefixes = tuple(f"encoder.{tower_name}.{part}" for part in tower.pretrained_parts)
             if prefixes:
                 keys.update(k for k in self.state_dict() if k.startswith(prefixes) and k not in trainable)
+        teachers = tuple(
+            f"objectives.{name}.{module}."
+            for name, objective in self.objectives.items()
+            for module, reloaded in objective.frozen_modules().items()
+            if reloaded
+        )
+        if teachers:
+            keys.update(k for k in self.state_dict() if k.startswith(teachers))
         return keys
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -170,12 +185,28 @@ def _is_active(span: tuple[float, float], progress: float) -> bool:
     return start <= progress < end or progress == end == 1.0
 
 
+def _check_views_read(objectives: dict[str, Objective], image_views: dict, text_views: dict) -> None:
+    """Every view an objective is pointed at (``image_view:``/``text_view:``) must exist."""
+    for name, objective in objectives.items():
+        for tower, views in (("image", image_views), ("text", text_views)):
+            view = getattr(objective, f"{tower}_view", "full")
+            if view not in views:
+                raise ConfigError(
+                    f'Objective "{name}" reads {tower} view "{view}", which is not declared (known: {sorted(views)}); '
+                    f"add it under model.views, e.g. {{{view}: {{name: patch_drop, mask_ratio: 0.5}}}}."
+                )
+
+
 def _collect_views(views: dict, declared: list[dict], tower: str) -> dict:
-    """Merge views declared by objectives; two different functions under one name is an error."""
+    """Merge views declared in YAML and by objectives; two different views under one name is an error.
+
+    Views are compared by equality, so two objectives declaring the same settings (a
+    frozen dataclass such as ``PatchDrop(0.5)``) share one forward pass per step.
+    """
     merged = dict(views)
     for extra in declared:
         for name, function in extra.items():
-            if name in merged and merged[name] is not function:
+            if name in merged and merged[name] != function:
                 raise ConfigError(
                     f'Two objectives define different {tower} views named "{name}"; rename one of them.'
                 )

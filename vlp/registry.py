@@ -79,6 +79,7 @@ TEXT_ENCODERS: Registry = Registry("text encoder", "vlp.encoders")
 OBJECTIVES: Registry = Registry("objective", "vlp.objectives")
 DATAMODULES: Registry = Registry("datamodule", "vlp.data")
 EVALUATIONS: Registry = Registry("evaluation", "vlp.evaluation")
+VIEWS: Registry = Registry("view", "vlp.views")
 
 
 def import_plugins(modules: list[str]) -> None:

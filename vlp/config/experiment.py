@@ -5,6 +5,7 @@ YAML layout (it mirrors the object tree)::
     name, seed, run_dir, plugins, evaluate_before, vars
     model: {embed_dim, image_encoder: {name, ...}, text_encoder: {name, ...},
             objectives: [{name, weight, ...}, ...],
+            views: {view_name: {name, ...}},              # extra named views, e.g. patch_drop
             tuning: {image: {mode, ...}, text: {...}},   # vlp.tuning: full / locked / lora
             init_from}                                    # safetensors of (some) module weights
     data: {name, ...}
@@ -27,9 +28,10 @@ from vlp.config.loading import apply_overrides, load_yaml, origin_of
 from vlp.config.schema import build_dataclass, check_values, matches
 from vlp.optim import OptimConfig
 from vlp.tuning import TowerTuning, parse_tuning
-from vlp.registry import DATAMODULES, EVALUATIONS, IMAGE_ENCODERS, OBJECTIVES, TEXT_ENCODERS, ConfigError, Registry, import_plugins
+from vlp.needs import OBJECTIVE_INJECTED
+from vlp.registry import DATAMODULES, EVALUATIONS, IMAGE_ENCODERS, OBJECTIVES, TEXT_ENCODERS, VIEWS, ConfigError, Registry, import_plugins
 
-INJECTED = ("embed_dim", "default_tokenizer")
+INJECTED = ("embed_dim", "default_tokenizer")  # passed by the builder to towers, never YAML keys
 TRAINER_RESERVED = {
     "default_root_dir": "vlp sets it to the run directory; use run_dir",
     "logger": "vlp always logs to TensorBoard and CSV in the run directory",
@@ -57,6 +59,7 @@ class ModelSection:
     objectives: list[dict[str, Any]]
     tuning: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    views: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -91,6 +94,7 @@ class Experiment:
     evaluations: list[Component]
     resolved: dict[str, Any]
     source: str
+    views: dict[str, Component] = field(default_factory=dict)
 
 
 class _Where:
@@ -101,7 +105,9 @@ class _Where:
         return origin_of(path, self.origins, self.source)
 
 
-def _component(values: Any, registry: Registry, path: str, where: _Where, with_weight: bool = False) -> Component:
+def _component(
+    values: Any, registry: Registry, path: str, where: _Where, with_weight: bool = False, injected: tuple[str, ...] = INJECTED
+) -> Component:
     if not isinstance(values, dict) or "name" not in values:
         raise ConfigError(f"`{path}` in {where(path)} must be a mapping with a `name` key choosing the {registry.kind}.")
     params = dict(values)
@@ -111,7 +117,7 @@ def _component(values: Any, registry: Registry, path: str, where: _Where, with_w
         raise ConfigError(f"`{path}.weight` in {where(path)} is {weight!r} but must be a number.")
     active = _active_span(params.pop("active", [0.0, 1.0]) if with_weight else [0.0, 1.0], path, where)
     cls = registry.get(str(name), where=f"`{path}.name` in {where(path + '.name')}")
-    check_values(params, cls, path, where, injected=INJECTED)
+    check_values(params, cls, path, where, injected=injected)
     return Component(cls, params, path, float(weight), active)
 
 
@@ -158,7 +164,8 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
     if not model.objectives:
         raise ConfigError(f"`model.objectives` in {where('model.objectives')} is empty; list at least one objective.")
     objectives = [
-        _component(o, OBJECTIVES, f"model.objectives[{i}]", where, with_weight=True) for i, o in enumerate(model.objectives)
+        _component(o, OBJECTIVES, f"model.objectives[{i}]", where, with_weight=True, injected=OBJECTIVE_INJECTED)
+        for i, o in enumerate(model.objectives)
     ]
     names = [o.name for o in objectives]
     duplicated = {n for n in names if names.count(n) > 1}
@@ -186,9 +193,10 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
         data=_component(config["data"], DATAMODULES, "data", where),
         optim=build_dataclass(OptimConfig, config.get("optim") or {}, "optim", where),
         trainer=trainer,
-        evaluations=[_component(e, EVALUATIONS, f"eval[{i}]", where) for i, e in enumerate(evaluations)],
+        evaluations=[_component(e, EVALUATIONS, f"eval[{i}]", where, injected=("objectives",)) for i, e in enumerate(evaluations)],
         resolved=config,
         source=source,
+        views={name: _component(v, VIEWS, f"model.views.{name}", where) for name, v in model.views.items()},
     )
 
 

@@ -17,6 +17,7 @@ from vlp.encoders.hf_directory import (
     tokenize,
 )
 from vlp.encoders.long_text import stretch_text_tower
+from vlp.encoders.patch_tokens import hf_vit_patches
 from vlp.encoders.towers import Tower
 from vlp.registry import IMAGE_ENCODERS, TEXT_ENCODERS, ConfigError
 
@@ -44,12 +45,23 @@ class HFCLIPImageEncoder(Tower):
         mean, std = image_statistics(pretrained, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        vision_config = model.config.vision_config
+        self.patch_size = (vision_config.patch_size,) * 2
+        self.patch_grid = (vision_config.image_size // vision_config.patch_size,) * 2
+        self.num_prefix_tokens = 1
 
     def backbone_features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         output = self.backbone(pixel_values=(images - self.mean) / self.std)
         tokens = self.backbone.post_layernorm(output.last_hidden_state[:, 1:])
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return output.pooler_output, tokens, mask
+
+    def patch_features(self, images, keep, drop_positions, layers):
+        hidden, _, intermediates = hf_vit_patches(
+            self.backbone, (images - self.mean) / self.std, keep, drop_positions, layers, class_token=True
+        )
+        normed = self.backbone.post_layernorm(hidden)  # as backbone_features: pooled and tokens both normed
+        return normed[:, 0], normed[:, 1:], intermediates
 
 
 @TEXT_ENCODERS.register("hf_clip")

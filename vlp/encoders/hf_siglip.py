@@ -15,6 +15,7 @@ from vlp.encoders.hf_directory import (
     read_config,
     tokenize,
 )
+from vlp.encoders.patch_tokens import hf_vit_patches
 from vlp.encoders.towers import Tower
 from vlp.registry import IMAGE_ENCODERS, TEXT_ENCODERS, ConfigError
 
@@ -48,12 +49,21 @@ class HFSiglipImageEncoder(Tower):
         mean, std = image_statistics(pretrained, SIGLIP_MEAN, SIGLIP_STD)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        self.patch_size = (vision_config.patch_size,) * 2
+        self.patch_grid = (vision_config.image_size // vision_config.patch_size,) * 2
 
     def backbone_features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         output = self.backbone(pixel_values=(images - self.mean) / self.std)
         tokens = output.last_hidden_state
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return output.pooler_output, tokens, mask
+
+    def patch_features(self, images, keep, drop_positions, layers):
+        hidden, _, intermediates = hf_vit_patches(
+            self.backbone, (images - self.mean) / self.std, keep, drop_positions, layers, class_token=False
+        )
+        tokens = self.backbone.post_layernorm(hidden)
+        return self.backbone.head(tokens), tokens, intermediates
 
 
 @TEXT_ENCODERS.register("hf_siglip")

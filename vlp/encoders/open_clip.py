@@ -18,6 +18,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from vlp.encoders.hf_directory import check_embed_dim, check_vocabulary, load_tokenizer, tokenize
 from vlp.encoders.open_clip_convert import shape_of, text_part, to_hf_clip_text, to_timm_vit, unwrap, vision_part
 from vlp.encoders.long_text import stretch_text_tower
+from vlp.encoders.patch_tokens import timm_vit_patches
 from vlp.encoders.towers import Tower
 from vlp.encoders.weights import load_into, read_state_dict
 from vlp.registry import IMAGE_ENCODERS, TEXT_ENCODERS, ConfigError
@@ -68,10 +69,10 @@ class OpenCLIPImageEncoder(Tower):
         self.backbone = backbone
         with torch.no_grad():
             self.projection.weight.copy_(projection)
-        if long_text:
-            stretch_text_tower(self)
         self.register_buffer("mean", torch.tensor(mean or OPENAI_CLIP_MEAN).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std or OPENAI_CLIP_STD).view(1, -1, 1, 1), persistent=False)
+        self.patch_size, self.patch_grid = tuple(backbone.patch_embed.patch_size), tuple(backbone.patch_embed.grid_size)
+        self.num_prefix_tokens = backbone.num_prefix_tokens
 
     def backbone_features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hidden = self.backbone.forward_features((images - self.mean) / self.std)
@@ -79,6 +80,9 @@ class OpenCLIPImageEncoder(Tower):
         tokens = hidden[:, self.backbone.num_prefix_tokens :]
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return pooled, tokens, mask
+
+    def patch_features(self, images, keep, drop_positions, layers):
+        return timm_vit_patches(self.backbone, (images - self.mean) / self.std, keep, drop_positions, layers)
 
 
 @TEXT_ENCODERS.register("open_clip")

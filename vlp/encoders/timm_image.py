@@ -8,6 +8,7 @@ import timm
 import torch
 from torch import Tensor
 
+from vlp.encoders.patch_tokens import timm_vit_patches
 from vlp.encoders.towers import Tower
 from vlp.encoders.weights import load_into, read_state_dict
 from vlp.registry import IMAGE_ENCODERS, ConfigError
@@ -54,6 +55,9 @@ class TimmImageEncoder(Tower):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", 0)
+        patch_embed = getattr(backbone, "patch_embed", None)
+        if patch_embed is not None and getattr(patch_embed, "grid_size", None) is not None:
+            self.patch_size, self.patch_grid = tuple(patch_embed.patch_size), tuple(patch_embed.grid_size)
 
     def backbone_features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hidden = self.backbone.forward_features((images - self.mean) / self.std)
@@ -64,6 +68,9 @@ class TimmImageEncoder(Tower):
             tokens = hidden[:, self.num_prefix_tokens :]
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return pooled, tokens, mask
+
+    def patch_features(self, images, keep, drop_positions, layers):
+        return timm_vit_patches(self.backbone, (images - self.mean) / self.std, keep, drop_positions, layers)
 
 
 def _check_patch_fit(model_name: str, kwargs: dict[str, Any]) -> None:

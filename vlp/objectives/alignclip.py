@@ -22,8 +22,9 @@ class IntraModalitySeparation(Objective):
     """
 
     def __init__(self, separate_image: bool = True, separate_text: bool = False, init_temperature: float = 0.07,
-                 max_logit_scale: float = 100.0) -> None:
+                 max_logit_scale: float = 100.0, image_view: str = "full", text_view: str = "full") -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         if not (separate_image or separate_text):
             raise ValueError("alignclip_separation needs separate_image or separate_text (or both) set to true.")
         self.separate_image, self.separate_text = separate_image, separate_text
@@ -31,7 +32,7 @@ class IntraModalitySeparation(Objective):
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
-        images, texts = step.image().embedding, step.text().embedding
+        images, texts = step.gathered("image", self.image_view), step.gathered("text", self.text_view)
         weights = step.batch.extras.get("sample_weight")
         terms = {}
         if self.separate_image:

@@ -24,9 +24,11 @@ class ALIP(Objective):
     """
 
     def __init__(
-        self, momentum: float = 0.99, gamma: float = 2.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0
+        self, momentum: float = 0.99, gamma: float = 2.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0,
+        image_view: str = "full", text_view: str = "all_captions",
     ) -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         self.momentum = momentum
         self.gamma = gamma
         self.logit_scale = LogitScale(init_temperature, max_logit_scale)
@@ -43,9 +45,9 @@ class ALIP(Objective):
                 "alip needs a raw text (caption 0) and a synthetic caption (caption 1) per image: "
                 "set `data.all_captions: true` on data with two captions per image."
             )
-        captions = step.text("all_captions").embedding.view(*valid.shape, -1)
+        captions = step.text(self.text_view).embedding.view(*valid.shape, -1)
         raw, synthetic = captions[:, 0], captions[:, 1]
-        image = step.image().embedding
+        image = step.image(self.image_view).embedding
         sample_gate, raw_gate, synthetic_gate, running = consistency_gates(
             image, raw, synthetic, self.running_similarity, self.momentum, self.gamma
         )

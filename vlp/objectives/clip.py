@@ -19,6 +19,7 @@ class CLIPContrastive(Objective):
     The logit scale is stored as a log and initialised at ``1/init_temperature``
     (CLIP: 1/0.07); it is clamped to at most ``max_logit_scale`` (CLIP: 100).
     ``init_from`` reads it instead from a pretrained CLIPModel directory or open_clip file.
+    ``image_view`` / ``text_view`` name the views it contrasts (FLIP: a patch_drop view).
     """
 
     def __init__(
@@ -27,12 +28,16 @@ class CLIPContrastive(Objective):
         max_logit_scale: float = 100.0,
         learn_temperature: bool = True,
         init_from: str | None = None,
+        image_view: str = "full",
+        text_view: str = "full",
     ) -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         pretrained = read_scales(init_from).log_logit_scale if init_from else None
         self.logit_scale = LogitScale(init_temperature, max_logit_scale, learn_temperature, pretrained)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
-        loss = infonce_loss(step.image().embedding, step.text().embedding, scale, step.batch.extras.get("sample_weight"))
+        images, texts = step.gathered("image", self.image_view), step.gathered("text", self.text_view)
+        loss = infonce_loss(images, texts, scale, step.batch.extras.get("sample_weight"))
         return {"loss": loss, "logit_scale": scale.detach()}

@@ -21,8 +21,12 @@ class LightCLIPSoftLabels(Objective):
     N - 1 negatives of the global batch. Optional ``sample_weight`` scales each pair.
     """
 
-    def __init__(self, max_negative_mass: float = 0.1, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self, max_negative_mass: float = 0.1, init_temperature: float = 0.07, max_logit_scale: float = 100.0,
+        image_view: str = "full", text_view: str = "full",
+    ) -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         if not 0.0 <= max_negative_mass < 1.0:
             raise ValueError(f"max_negative_mass must be in [0, 1), got {max_negative_mass}.")
         self.max_negative_mass = max_negative_mass
@@ -35,6 +39,6 @@ class LightCLIPSoftLabels(Objective):
         scale = self.logit_scale()
         mass = self.negative_mass(step.progress)
         loss = soft_label_infonce(
-            step.image().embedding, step.text().embedding, scale, mass, step.batch.extras.get("sample_weight")
+            step.gathered("image", self.image_view), step.gathered("text", self.text_view), scale, mass, step.batch.extras.get("sample_weight")
         )
         return {"loss": loss, "logit_scale": scale.detach(), "negative_mass": torch.tensor(mass)}

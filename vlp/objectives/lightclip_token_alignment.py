@@ -21,16 +21,20 @@ class LightCLIPTokenAlignment(Objective):
     in FILIP. Optional ``sample_weight`` in the batch extras scales each pair's loss.
     """
 
-    def __init__(self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self, chunk_size: int = 64, init_temperature: float = 0.07, max_logit_scale: float = 100.0,
+        image_view: str = "full", text_view: str = "full",
+    ) -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         self.chunk_size = chunk_size
         self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
-        image, text = step.image(), step.text()
+        image, text = step.image(self.image_view), step.text(self.text_view)
         loss = relaxed_matching_loss(
-            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step), scale,
-            self.chunk_size, step.batch.extras.get("sample_weight"),
+            image.token_embeddings, image.mask, text.token_embeddings, word_mask(step, self.text_view), scale,
+            self.chunk_size, step.batch.extras.get("sample_weight"), step.batch_sizes(),
         )
         return {"loss": loss, "logit_scale": scale.detach()}

@@ -19,14 +19,19 @@ class HardnessWeightedContrastive(Objective):
     ``sample_weight`` in the batch extras scales each pair's loss.
     """
 
-    def __init__(self, alpha: float = 9.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self, alpha: float = 9.0, init_temperature: float = 0.07, max_logit_scale: float = 100.0,
+        image_view: str = "full", text_view: str = "full",
+    ) -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         self.alpha = alpha
         self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
         loss = llave_loss(
-            step.image().embedding, step.text().embedding, scale, self.alpha, step.batch.extras.get("sample_weight")
+            step.gathered("image", self.image_view), step.gathered("text", self.text_view), scale, self.alpha,
+            step.batch.extras.get("sample_weight"),
         )
         return {"loss": loss, "logit_scale": scale.detach()}

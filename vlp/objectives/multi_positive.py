@@ -20,6 +20,9 @@ def all_captions(encoder, batch: Batch) -> Features:
     return encoder.text_tower(ids, mask)
 
 
+all_captions.one_per_sample = False  # B*K rows: its gathers exchange their own sizes
+
+
 @OBJECTIVES.register("multi_positive")
 class MultiPositiveContrastive(Objective):
     """InfoNCE where all K captions of an image are positives; needs ``data.all_captions: true``.
@@ -29,8 +32,12 @@ class MultiPositiveContrastive(Objective):
     ``sample_weight`` in the batch extras scales each image's loss.
     """
 
-    def __init__(self, init_temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
+    def __init__(
+        self, init_temperature: float = 0.07, max_logit_scale: float = 100.0, image_view: str = "full",
+        text_view: str = "all_captions",
+    ) -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         self.logit_scale = LogitScale(init_temperature, max_logit_scale)
 
     def text_views(self) -> dict[str, TextView]:
@@ -41,7 +48,7 @@ class MultiPositiveContrastive(Objective):
         if "captions_valid" not in extras:
             raise KeyError("multi_positive needs every caption in the batch: set `data.all_captions: true`.")
         valid = extras["captions_valid"]
-        captions = step.text("all_captions").embedding.view(*valid.shape, -1)
+        captions = step.text(self.text_view).embedding.view(*valid.shape, -1)
         scale = self.logit_scale()
-        loss = multi_positive_infonce(step.image().embedding, captions, valid, scale, extras.get("sample_weight"))
+        loss = multi_positive_infonce(step.gathered("image", self.image_view), captions, valid, scale, extras.get("sample_weight"))
         return {"loss": loss, "logit_scale": scale.detach()}

@@ -22,8 +22,12 @@ class SigLIP(Objective):
     small loss. Optional ``sample_weight`` in the batch extras scales each image's row.
     """
 
-    def __init__(self, init_log_scale: float = math.log(10.0), init_bias: float = -10.0, init_from: str | None = None) -> None:
+    def __init__(
+        self, init_log_scale: float = math.log(10.0), init_bias: float = -10.0, init_from: str | None = None,
+        image_view: str = "full", text_view: str = "full",
+    ) -> None:
         super().__init__()
+        self.image_view, self.text_view = image_view, text_view
         if init_from is not None:  # a pretrained SiglipModel directory or open_clip file
             scales = read_scales(init_from, need_bias=True)
             init_log_scale, init_bias = scales.log_logit_scale, scales.logit_bias
@@ -33,7 +37,7 @@ class SigLIP(Objective):
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.log_logit_scale.exp()
         loss = sigmoid_loss(
-            step.image().embedding, step.text().embedding, scale, self.logit_bias,
+            step.gathered("image", self.image_view), step.gathered("text", self.text_view), scale, self.logit_bias,
             step.batch.extras.get("sample_weight"),
         )
         return {"loss": loss, "logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}

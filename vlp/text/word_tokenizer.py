@@ -2,7 +2,8 @@
 
 Templated captions have a small closed vocabulary, so one id per lower-cased word is
 the simplest tokenizer that loses nothing. It is a real ``tokenizers`` tokenizer wrapped
-as ``PreTrainedTokenizerFast``, saved with every checkpoint as JSON.
+as ``PreTrainedTokenizerFast``, saved with every checkpoint as JSON. Its special tokens
+are padding, unknown, begin/end of text and [MASK] (for masked language modelling).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
-SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
+PAD, UNK, BOS, EOS, MASK = "[PAD]", "[UNK]", "[BOS]", "[EOS]", "[MASK]"
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, MASK)
 
 
 def build_word_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
@@ -36,11 +37,18 @@ def build_word_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
 
 
 def tokenizer_from_json(serialised: str) -> PreTrainedTokenizerFast:
-    """Rebuild a word tokenizer saved by :func:`build_word_tokenizer` (e.g. from a checkpoint)."""
+    """Rebuild a word tokenizer saved by :func:`build_word_tokenizer` (e.g. from a checkpoint).
+
+    Vocabularies saved before [MASK] existed load unchanged, without a mask token (masked
+    language modelling then refuses them with a clear message).
+    """
+    backend = Tokenizer.from_str(serialised)
+    mask = {"mask_token": MASK} if backend.token_to_id(MASK) is not None else {}
     return PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(serialised),
+        tokenizer_object=backend,
         pad_token=PAD,
         unk_token=UNK,
         bos_token=BOS,
         eos_token=EOS,
+        **mask,
     )
