@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.distributed import all_gather_with_grad
-from vlp.functional import weighted_mean
+from vlp.functional import Embeddings, gathered, weighted_mean
 
 
 def _wide(tensor: Tensor) -> Tensor:
@@ -27,8 +26,8 @@ def _row_kl(teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
 
 
 def affinity_kl(
-    student_images: Tensor,
-    student_texts: Tensor,
+    student_images: Embeddings,
+    student_texts: Embeddings,
     student_scale: Tensor,
     teacher_images: Tensor,
     teacher_texts: Tensor,
@@ -39,18 +38,17 @@ def affinity_kl(
 
     Affinities are softmax(scale · cosine similarity) over the global batch; each model
     uses its own scale. The teacher receives no gradient. Returns (image→text, text→image),
-    each the global mean over rows of KL(teacher row || student row).
+    each the global mean over rows of KL(teacher row || student row). Student embeddings
+    may be a step's shared ``Gathered`` views.
     """
-    images, texts = F.normalize(student_images, dim=-1), F.normalize(student_texts, dim=-1)
+    images, texts = gathered(student_images, student_texts)
     with torch.no_grad():
-        t_images, t_texts = F.normalize(teacher_images, dim=-1), F.normalize(teacher_texts, dim=-1)
-        t_all_images, t_all_texts = all_gather_with_grad(t_images), all_gather_with_grad(t_texts)
-        teacher_i2t = teacher_scale * t_images @ t_all_texts.T
-        teacher_t2i = teacher_scale * t_texts @ t_all_images.T
-    all_images, all_texts = all_gather_with_grad(images), all_gather_with_grad(texts)
-    image_to_text = _row_kl(teacher_i2t, student_scale * images @ all_texts.T)
-    text_to_image = _row_kl(teacher_t2i, student_scale * texts @ all_images.T)
-    return weighted_mean(image_to_text, sample_weight), weighted_mean(text_to_image, sample_weight)
+        t_images, t_texts = gathered(teacher_images.detach(), teacher_texts.detach())
+        teacher_i2t = teacher_scale * t_images.local @ t_texts.all.T
+        teacher_t2i = teacher_scale * t_texts.local @ t_images.all.T
+    image_to_text = _row_kl(teacher_i2t, student_scale * images.local @ texts.all.T)
+    text_to_image = _row_kl(teacher_t2i, student_scale * texts.local @ images.all.T)
+    return weighted_mean(image_to_text, sample_weight, images.sizes), weighted_mean(text_to_image, sample_weight, images.sizes)
 
 
 def self_distillation_loss(

@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlp.batch import Batch
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped
+
+TEXTS_KEY = "texts"
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -46,6 +48,7 @@ class Collate:
     ``extras["captions_input_ids"]`` / ``["captions_attention_mask"]`` (B, K, L), with
     ``extras["captions_valid"]`` (B, K) marking real captions (images may have fewer than K).
     Items that are :class:`Skipped` markers (bad samples) are dropped; the batch carries
+    ``extras["texts"]`` holds the chosen captions as strings.
     ``extras["data_quality"] = {"seen": n, cause: count}`` so counts made in workers reach
     the main process. Extras that are not numbers (e.g. sample keys) stay lists.
     """
@@ -76,6 +79,7 @@ class Collate:
         if self.all_captions:
             extras.update(self._all_captions(caption_lists))
         extras[BATCH_KEY] = {"seen": len(all_items), **skipped}
+        extras[TEXTS_KEY] = chosen  # the raw captions, for a teacher with a tokenizer of its own
         return Batch(images=images, input_ids=input_ids, attention_mask=attention_mask, extras=extras)
 
     def _all_captions(self, caption_lists: list[Sequence[str]]) -> dict[str, Tensor]:
