@@ -66,6 +66,7 @@ def build_module(experiment: Experiment, datamodule: ImageTextDataModule, tokeni
         encoder=encoder,
         objectives=objectives,
         weights={o.name: o.weight for o in experiment.objectives},
+        active={o.name: o.active for o in experiment.objectives},
         optim=experiment.optim,
         evaluations=[instantiate(e, objectives=objectives) for e in experiment.evaluations],
         state=state,

@@ -54,11 +54,13 @@ class VLPModule(L.LightningModule):
         evaluations: list[Evaluation],
         state: dict[str, Any],
         views: dict[str, Any] | None = None,
+        active: dict[str, tuple[float, float]] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.objectives = nn.ModuleDict(objectives)
         self.weights = weights
+        self.active = active or {}
         self.optim_config = optim
         self.evaluations = evaluations
         self.vlp_state = state
@@ -77,6 +79,8 @@ class VLPModule(L.LightningModule):
         total = torch.zeros((), device=batch.images.device)
         training = stage == "train"
         for name, objective in self.objectives.items():
+            if not _is_active(self.active.get(name, (0.0, 1.0)), progress):
+                continue
             outputs = objective(step)
             total = total + self.weights[name] * outputs["loss"]
             for key, value in outputs.items():
@@ -173,6 +177,12 @@ class VLPModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_trained_state(checkpoint["state_dict"])
         self.strict_loading = False  # checked above: absent keys are exactly reloadable ones
+
+
+def _is_active(span: tuple[float, float], progress: float) -> bool:
+    """An objective runs from ``start`` (inclusive) to ``end`` (exclusive, except at the very end)."""
+    start, end = span
+    return start <= progress < end or progress == end == 1.0
 
 
 def _check_views_read(objectives: dict[str, Objective], image_views: dict, text_views: dict) -> None:

@@ -70,6 +70,7 @@ class Component:
     params: dict[str, Any]
     path: str
     weight: float = 1.0
+    active: tuple[float, float] = (0.0, 1.0)  # objectives only: the span of training progress it runs in
 
     @property
     def name(self) -> str:
@@ -114,9 +115,36 @@ def _component(
     weight = params.pop("weight", 1.0) if with_weight else 1.0
     if not matches(weight, float):
         raise ConfigError(f"`{path}.weight` in {where(path)} is {weight!r} but must be a number.")
+    active = _active_span(params.pop("active", [0.0, 1.0]) if with_weight else [0.0, 1.0], path, where)
     cls = registry.get(str(name), where=f"`{path}.name` in {where(path + '.name')}")
     check_values(params, cls, path, where, injected=injected)
-    return Component(cls, params, path, float(weight))
+    return Component(cls, params, path, float(weight), active)
+
+
+def _active_span(span: Any, path: str, where: _Where) -> tuple[float, float]:
+    """``active: [start, end]``: fractions of training progress between which an objective runs."""
+    if (
+        not isinstance(span, (list, tuple))
+        or len(span) != 2
+        or not all(matches(v, float) for v in span)
+        or not 0.0 <= float(span[0]) < float(span[1]) <= 1.0
+    ):
+        raise ConfigError(
+            f"`{path}.active` in {where(path + '.active')} is {span!r} but must be [start, end] with "
+            f"0 <= start < end <= 1 (fractions of training), e.g. [0.8, 1.0] for the last 20%."
+        )
+    return float(span[0]), float(span[1])
+
+
+def _check_scheduled_objectives_under_ddp(objectives: list[Component], trainer: dict[str, Any], where: _Where) -> None:
+    """A paused objective leaves its parameters without gradients, which plain DDP refuses mid-run."""
+    scheduled = [o.path for o in objectives if o.active != (0.0, 1.0)]
+    if scheduled and str(trainer.get("strategy", "auto")) in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+        raise ConfigError(
+            f"{scheduled[0]} runs only part of training (`active`), so some steps leave its parameters without "
+            f"gradients, which trainer.strategy={trainer['strategy']} in {where('trainer.strategy')} refuses; "
+            f"use trainer.strategy=ddp_find_unused_parameters_true."
+        )
 
 
 def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: str) -> Experiment:
@@ -147,6 +175,7 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
         raise ConfigError(f"Missing required section `data` in {source}; add data.name (e.g. shapes).")
     trainer = dict(config.get("trainer") or {})
     check_values(trainer, L.Trainer, "trainer", where, reserved=TRAINER_RESERVED)
+    _check_scheduled_objectives_under_ddp(objectives, trainer, where)
     evaluations = config.get("eval", [{"name": "zero_shot"}, {"name": "retrieval"}]) or []
     if not isinstance(evaluations, list):
         raise ConfigError(f"`eval` in {where('eval')} must be a list of evaluations, e.g. [{{name: zero_shot}}].")

@@ -17,6 +17,8 @@ from vlp.data.quality import BATCH_KEY, DataQuality, Skipped, tally
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
+TEXTS_KEY = "texts"
+
 Tokenize = Callable[[list[str]], tuple[Tensor, Tensor]]
 
 
@@ -48,6 +50,7 @@ class Collate:
     Items that are :class:`Skipped` markers (bad samples) are dropped; the batch carries
     ``extras["data_quality"]`` (:func:`vlp.data.quality.tally`) so counts made in workers
     reach the main process. Extras that are not numbers (e.g. sample keys) stay lists.
+    ``extras["texts"]`` holds the chosen captions as strings (for teachers' own tokenizers).
     """
 
     def __init__(self, tokenize: Tokenize, sample_caption: bool, all_captions: bool = False, seed: int = 0) -> None:
@@ -76,6 +79,7 @@ class Collate:
         if self.all_captions:
             extras.update(self._all_captions(caption_lists))
         extras[BATCH_KEY] = tally(all_items, "train" if self.sample_caption else "val")
+        extras[TEXTS_KEY] = chosen  # the raw captions, for a teacher with a tokenizer of its own
         return Batch(images=images, input_ids=input_ids, attention_mask=attention_mask, extras=extras)
 
     def _all_captions(self, caption_lists: list[Sequence[str]]) -> dict[str, Tensor]:

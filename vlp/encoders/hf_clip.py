@@ -16,6 +16,7 @@ from vlp.encoders.hf_directory import (
     read_config,
     tokenize,
 )
+from vlp.encoders.long_text import stretch_text_tower
 from vlp.encoders.patch_tokens import hf_vit_patches
 from vlp.encoders.towers import Tower
 from vlp.registry import IMAGE_ENCODERS, TEXT_ENCODERS, ConfigError
@@ -69,12 +70,13 @@ class HFCLIPTextEncoder(Tower):
 
     ``tokenizer`` names another local directory when the model directory has none.
     Texts are padded to the longest in the batch and truncated at the model's positions;
-    the end-of-text token is pooled, as transformers does.
+    the end-of-text token is pooled, as transformers does. ``long_text`` stretches the
+    positions as Long-CLIP does (77 -> 248; see :mod:`vlp.encoders.long_text`).
     """
 
     pretrained_parts = ("backbone.", "projection.")
 
-    def __init__(self, embed_dim: int, pretrained: str, tokenizer: str | None = None) -> None:
+    def __init__(self, embed_dim: int, pretrained: str, tokenizer: str | None = None, long_text: bool = False) -> None:
         read_config(pretrained, "clip", "hf_clip")
         model = load_model(CLIPModel, pretrained)
         check_embed_dim(embed_dim, model.config.projection_dim, "text projection", pretrained)
@@ -86,6 +88,8 @@ class HFCLIPTextEncoder(Tower):
         self.max_length = text_config.max_position_embeddings
         check_vocabulary(self.tokenizer, text_config.vocab_size, pretrained)
         _check_end_of_text(self.tokenizer.eos_token_id, text_config.eos_token_id, pretrained)
+        if long_text:
+            stretch_text_tower(self)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         return tokenize(self.tokenizer, texts, "longest", self.max_length)

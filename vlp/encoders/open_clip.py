@@ -17,6 +17,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from vlp.encoders.hf_directory import check_embed_dim, check_vocabulary, load_tokenizer, tokenize
 from vlp.encoders.open_clip_convert import shape_of, text_part, to_hf_clip_text, to_timm_vit, unwrap, vision_part
+from vlp.encoders.long_text import stretch_text_tower
 from vlp.encoders.patch_tokens import timm_vit_patches
 from vlp.encoders.towers import Tower
 from vlp.encoders.weights import load_into, read_state_dict
@@ -91,6 +92,7 @@ class OpenCLIPTextEncoder(Tower):
     ``tokenizer`` is a local directory holding the tokenizer the model was trained with
     (for OpenAI/LAION models, a transformers ``CLIPTokenizer`` directory). The end-of-text
     token is pooled; with OpenAI's BPE it is the highest id, as open_clip's argmax assumes.
+    ``long_text`` stretches the positions as Long-CLIP does (see :mod:`vlp.encoders.long_text`).
     """
 
     pretrained_parts = ("backbone.", "projection.")
@@ -102,6 +104,7 @@ class OpenCLIPTextEncoder(Tower):
         tokenizer: str,
         num_heads: int | None = None,
         quick_gelu: bool = False,
+        long_text: bool = False,
     ) -> None:
         text = text_part(unwrap(read_state_dict(checkpoint)), checkpoint)
         vocab_size, width = text["token_embedding.weight"].shape
@@ -133,6 +136,8 @@ class OpenCLIPTextEncoder(Tower):
         self.max_length = shape.positions
         with torch.no_grad():
             self.projection.weight.copy_(projection)
+        if long_text:
+            stretch_text_tower(self)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         return tokenize(self.tokenizer, texts, "longest", self.max_length)
