@@ -96,6 +96,8 @@ class Collate:
 
 
 def _stack(values: list) -> Tensor | list:
+    if isinstance(values[0], Tensor):
+        return torch.stack(values)
     return values if isinstance(values[0], str) else torch.as_tensor(values)
 
 

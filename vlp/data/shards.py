@@ -136,7 +136,7 @@ def full_batches(source: Iterable[Any], size: int, collate: Callable[[list], Any
 
 def sample_stream(
     urls: list[str], transform: Transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
-    image_key: str | None = None, caption_key: str | None = None,
+    image_key: str | None = None, caption_key: str | None = None, decode: Callable[[Any], Any] | None = None,
 ) -> wds.DataPipeline:
     """Decoded samples (and markers) of one source, split across nodes and workers.
 
@@ -157,5 +157,5 @@ def sample_stream(
     stages += [wds.tarfile_to_samples(handler=errors.handler), errors]
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)))
-    stages.append(wds.map(Decode(transform, image_key, caption_key)))
+    stages.append(wds.map(decode or Decode(transform, image_key, caption_key)))
     return wds.DataPipeline(*stages)

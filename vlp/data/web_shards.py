@@ -116,12 +116,19 @@ class WebDatasetDataModule(FileDataModule):
             pipeline = pipeline.with_length(batches_per_rank, silent=True)
         return DataLoader(pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def _stream(self, urls: list[str], transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True) -> wds.DataPipeline:
-        return sample_stream(urls, transform, resampled, shuffle_buffer, seed, split, self.image_key, self.caption_key)
+    def _stream(self, urls: list[str], transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
+                decode=None) -> wds.DataPipeline:
+        return sample_stream(urls, transform, resampled, shuffle_buffer, seed, split, self.image_key, self.caption_key, decode)
+
+    def train_decoder(self, transform):
+        """How training samples are decoded: ``None`` for the standard decoding (subclasses replay stored augmentations)."""
+        return None
 
     def train_dataloader(self) -> DataLoader:
         transform = image_transform(self.config, train=True)
-        streams = [self._stream(urls, transform, self.resampled, self.shuffle_buffer, self.seed + i) for i, urls in enumerate(self.sources)]
+        decode = self.train_decoder(transform)
+        streams = [self._stream(urls, transform, self.resampled, self.shuffle_buffer, self.seed + i, decode=decode)
+                   for i, urls in enumerate(self.sources)]
         stream = streams[0] if len(streams) == 1 else wds.RandomMix(streams, probs=self.weights)
         world, workers = pytorch_worker_info()[1], max(1, self.num_workers)
         batching = partial(full_batches, size=self.batch_size, collate=self._collate(True), partial=not self.resampled)

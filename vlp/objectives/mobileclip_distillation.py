@@ -23,7 +23,8 @@ class MobileCLIPDistillation(Objective):
     Teacher embeddings come with the batch (``reinforced`` datamodule, written by
     ``tools/reinforce.py``), so training runs no teacher. Each teacher's affinities use its
     own stored logit scale; the student's one learnable scale serves both terms. ``λ`` is
-    ``distill_weight`` (MobileCLIP's DataCompDR recipe uses 0.7).
+    ``distill_weight`` (MobileCLIP's DataCompDR recipe uses 0.7). Validation batches of
+    plain shards carry no teachers: there the loss is the contrastive term alone.
     """
 
     def __init__(
@@ -43,14 +44,16 @@ class MobileCLIPDistillation(Objective):
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         extras = step.batch.extras
+        scale = self.logit_scale()
+        images, texts = step.gathered("image", self.image_view), step.gathered("text", self.text_view)
+        contrastive = infonce_loss(images, texts, scale, extras.get("sample_weight"))
+        if TEACHER_IMAGES not in extras and not self.training:
+            return {"loss": contrastive, "contrastive": contrastive.detach(), "logit_scale": scale.detach()}
         if TEACHER_IMAGES not in extras:
             raise ConfigError(
                 "mobileclip_distillation reads stored teacher embeddings, which this batch lacks; train on shards "
                 "written by tools/reinforce.py with the `reinforced` datamodule."
             )
-        scale = self.logit_scale()
-        images, texts = step.gathered("image", self.image_view), step.gathered("text", self.text_view)
-        contrastive = infonce_loss(images, texts, scale, extras.get("sample_weight"))
         teachers = extras[TEACHER_IMAGES].shape[1]
         distill = sum(
             sum(affinity_kl(images, texts, scale, extras[TEACHER_IMAGES][:, t], extras[TEACHER_TEXTS][:, t],

@@ -1,0 +1,124 @@
+"""MobileCLIP reinforcement end to end: tools/reinforce.py, the replaying datamodule, stored == online teacher loss."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+from transformers import CLIPConfig, CLIPModel
+
+from vlp.build import build_datamodule, build_module
+from vlp.config.experiment import load_experiment
+from vlp.data.replay import Crop, apply_crop
+from vlp.functional_distillation import affinity_kl
+from vlp.functional import infonce_loss
+from vlp.run import fit
+from vlp.step import Step
+from vlp.teachers import build_teacher
+from vlp.text.word_tokenizer import build_word_tokenizer
+
+from conftest import REPO, TINY_OVERRIDES
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
+
+
+@pytest.fixture(scope="module")
+def reinforced(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("reinforce")
+    tokenizer = build_word_tokenizer([f"a {c} square on grey" for c in COLOURS])
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = {**tower, "vocab_size": len(tokenizer), "max_position_embeddings": 16, "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig(text_config=text, vision_config={**tower, "image_size": 24, "patch_size": 8}, projection_dim=16)).save_pretrained(root / "teacher")
+    tokenizer.save_pretrained(root / "teacher")
+    teacher = {"name": "hf_clip", "pretrained": str(root / "teacher")}
+    (root / "teachers.yaml").write_text(json.dumps([{"image_encoder": teacher, "text_encoder": teacher, "embed_dim": 16, "logit_scale": 30.0}]))
+    (root / "shards").mkdir()
+    counts = {}
+    for shard in range(2):
+        name = f"shard-{shard:06d}.tar"
+        with wds.TarWriter(str(root / "shards" / name)) as sink:
+            for i in range(8):
+                colour = list(COLOURS)[(i + shard) % 4]
+                image = Image.new("RGB", (48, 40), (128, 128, 128))
+                image.paste(COLOURS[colour], (8 + i, 6, 30 + i, 28))
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                sink.write({"__key__": f"{shard}{i:08d}", "png": buffer.getvalue(), "txt": f"a {colour} square on grey"})
+        counts[name] = 8
+    (root / "shards" / "shards.json").write_text(json.dumps({"shards": counts, "samples": 16}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, str(REPO / "tools" / "reinforce.py"), "--shards", str(root / "shards" / "shard-{000000..000001}.tar"),
+               "--teachers", str(root / "teachers.yaml"), "--output", str(root / "out"), "--augmentations", "3", "--quiet"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return {"root": root, "teacher": root / "teacher"}
+
+
+def overrides(root: Path) -> list[str]:
+    pattern = str(root / "out" / "shard-{000000..000001}.tar")
+    return TINY_OVERRIDES[:3] + [
+        f"data={{name: reinforced, train: ['{pattern}'], val: '{root / 'shards' / 'shard-000000.tar'}', image_size: 16, batch_size: 8}}",
+        "model.objectives=[{name: mobileclip_distillation, distill_weight: 0.7}]",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+    ]
+
+
+def test_tool_writes_every_shard_with_its_members(reinforced):
+    out = reinforced["root"] / "out"
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    assert json.loads((out / "shards.json").read_text())["samples"] == 16
+    sample = next(iter(wds.DataPipeline(wds.SimpleShardList([str(out / "shard-000000.tar")]), wds.tarfile_to_samples())))
+    assert {"png", "txt", "aug.json", "teacher_image.npy", "teacher_text.npy", "teacher.json"} <= set(sample)
+    assert len(json.loads(sample["aug.json"])["crops"]) == 3
+
+
+def test_replayed_batch_and_stored_loss_equal_the_online_teacher(reinforced):
+    root = reinforced["root"]
+    experiment = load_experiment(REPO / "experiments" / "default.yaml", overrides(root))
+    datamodule = build_datamodule(experiment)
+    datamodule.setup("fit")
+    module = build_module(experiment, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    originals = {s["__key__"]: s for url in sorted((root / "shards").glob("*.tar"))
+                 for s in wds.DataPipeline(wds.SimpleShardList([str(url)]), wds.tarfile_to_samples())}
+    reinforced_samples = {s["__key__"]: s for url in sorted((root / "out").glob("*.tar"))
+                          for s in wds.DataPipeline(wds.SimpleShardList([str(url)]), wds.tarfile_to_samples())}
+    teacher = build_teacher({"name": "hf_clip", "pretrained": str(reinforced["teacher"])},
+                            {"name": "hf_clip", "pretrained": str(reinforced["teacher"])}, 16, "teacher").eval()
+    online_images, online_texts = [], []
+    for row, (key, k) in enumerate(zip(batch.extras["key"], batch.extras["crop_index"].tolist())):
+        crop = Crop(**json.loads(reinforced_samples[key]["aug.json"])["crops"][k])
+        image = Image.open(io.BytesIO(originals[key]["png"])).convert("RGB")
+        assert torch.equal(batch.images[row], apply_crop(image, crop, 16).float() / 255)  # replay == online crop
+        with torch.no_grad():
+            online_images.append(teacher.image_tower(apply_crop(image, crop, 24)[None].float() / 255).embedding[0])
+            ids, mask = teacher.text_tower.tokenize([originals[key]["txt"].decode()])
+            online_texts.append(teacher.text_tower(ids, mask).embedding[0])
+    objective = module.objectives["mobileclip_distillation"]
+    step = Step(batch, module.encoder, module.image_views, module.text_views)
+    got = objective(step)
+    scale = objective.logit_scale()
+    images, texts = step.gathered("image"), step.gathered("text")
+    distill = sum(affinity_kl(images, texts, scale, torch.stack(online_images), torch.stack(online_texts), 30.0)) / 2
+    expected = 0.3 * infonce_loss(images, texts, scale) + 0.7 * distill
+    torch.testing.assert_close(got["loss"], expected)
+
+
+@pytest.mark.slow
+def test_example_experiment_fits_on_reinforced_shards(reinforced, tmp_path: Path):
+    root = reinforced["root"]
+    run_dir = fit(str(REPO / "experiments" / "mobileclip.yaml"), TINY_OVERRIDES[:3] + [
+        f"vars.train={root / 'out' / 'shard-{000000..000001}.tar'}", f"vars.val={root / 'shards' / 'shard-000000.tar'}",
+        "model.image_encoder.model_kwargs.img_size=16", "data.batch_size=8", "trainer.max_epochs=1", "eval=[]",
+        "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'run'}"])
+    assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 2
