@@ -12,7 +12,7 @@ from vlp.model import _is_active
 from vlp.registry import ConfigError
 from vlp.run import fit
 
-from conftest import REPO
+from conftest import REPO, TINY_OVERRIDES
 
 EXPERIMENT = str(REPO / "experiments" / "default.yaml")
 LATE_SIGLIP = "model.objectives=[{name: clip}, {name: siglip, active: [0.5, 1.0]}]"
@@ -43,3 +43,17 @@ def test_bad_spans_are_refused(span: str):
 def test_plain_ddp_is_refused_with_a_scheduled_objective():
     with pytest.raises(ConfigError, match="ddp_find_unused_parameters_true"):
         load_experiment(EXPERIMENT, [LATE_SIGLIP, "trainer.strategy=ddp"])
+
+
+@pytest.mark.slow
+def test_siglip2_recipe_adds_its_late_objectives_for_the_last_fifth(tmp_path: Path):
+    overrides = [o for o in TINY_OVERRIDES if not o.startswith("model.image_encoder")] + [
+        "model.image_encoder.model_kwargs={img_size: 16, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0}",
+        "trainer.max_epochs=2", "eval=[]", f"run_dir={tmp_path / 'run'}",
+    ]
+    run_dir = fit(str(REPO / "experiments" / "siglip2.yaml"), overrides)
+    rows = list(csv.DictReader((run_dir / "csv" / "version_0" / "metrics.csv").open()))
+    total = 2 * 256 // 32
+    steps = {name: {int(r["step"]) for r in rows if r.get(f"train/{name}/loss")} for name in ("siglip", "coca", "silc", "cfm_vit")}
+    assert steps["siglip"] == steps["coca"] == set(range(total))
+    assert steps["silc"] == steps["cfm_vit"] == {s for s in range(total) if s / total >= 0.8}
