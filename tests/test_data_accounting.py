@@ -38,6 +38,9 @@ def test_a_stream_with_no_good_sample_is_a_config_error(tmp_path: Path) -> None:
         drain(dm, dm.train_dataloader())
     with pytest.raises(ConfigError, match="validation shards .* hold no sample"):
         dm.retrieval_sets()
+    resampled = shard_module(tmp_path, good=0, bad=3, resampled=True, max_bad_fraction=1.0)  # before: an endless loop
+    with pytest.raises(ConfigError, match="image_key/caption_key"):
+        next(iter(resampled.train_dataloader()))
 
 
 def test_shard_samples_count_once_per_epoch(tmp_path: Path) -> None:
