@@ -101,3 +101,11 @@ def test_threshold_at_its_boundary_for_shards_below_1000_samples(tmp_path: Path,
     else:
         drain(dm, dm.train_dataloader())
         assert dm.quality.fraction() == 2 / 20
+
+
+def test_fewer_training_records_than_one_batch_is_a_config_error(tmp_path: Path) -> None:
+    """An epoch that yields no batch would train 0 steps and exit 0."""
+    dm = csv_module(tmp_path, rows=6, missing=0)
+    dm.batch_size = 8
+    with pytest.raises(ConfigError, match="fewer than one batch of data.batch_size=8"):
+        dm.train_dataloader()
