@@ -38,6 +38,9 @@ def test_a_stream_with_no_good_sample_is_a_config_error(tmp_path: Path) -> None:
         drain(dm, dm.train_dataloader())
     with pytest.raises(ConfigError, match="validation shards .* hold no sample"):
         dm.retrieval_sets()
+    resampled = shard_module(tmp_path, good=0, bad=3, resampled=True, max_bad_fraction=1.0)  # before: an endless loop
+    with pytest.raises(ConfigError, match="image_key/caption_key"):
+        next(iter(resampled.train_dataloader()))
 
 
 def test_shard_samples_count_once_per_epoch(tmp_path: Path) -> None:
@@ -98,3 +101,11 @@ def test_threshold_at_its_boundary_for_shards_below_1000_samples(tmp_path: Path,
     else:
         drain(dm, dm.train_dataloader())
         assert dm.quality.fraction() == 2 / 20
+
+
+def test_fewer_training_records_than_one_batch_is_a_config_error(tmp_path: Path) -> None:
+    """An epoch that yields no batch would train 0 steps and exit 0."""
+    dm = csv_module(tmp_path, rows=6, missing=0)
+    dm.batch_size = 8
+    with pytest.raises(ConfigError, match="fewer than one batch of data.batch_size=8"):
+        dm.train_dataloader()

@@ -146,3 +146,11 @@ def test_roco_copy_with_unknown_image_names_is_detected(tmp_path: Path) -> None:
     (tmp_path / "data/train/radiology/dlinks.txt").unlink()
     with pytest.raises(ConfigError, match="older release"):
         ready(RocoDataModule(**config(layout), **SMALL))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "experiments" / "data").glob("*.yaml")))
+def test_data_example_experiments_validate(name: str) -> None:
+    from vlp.config import load_experiment
+
+    experiment = load_experiment(str(Path(__file__).resolve().parents[1] / "experiments" / "data" / name), [])
+    assert experiment.data.name == experiment.resolved["data"]["name"]

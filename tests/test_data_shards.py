@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 from test_data_fixtures import drain, tokenize, write_corrupt, write_image
 
 from vlp.data.web_shards import WebDatasetDataModule
@@ -141,3 +142,13 @@ def test_bad_members_and_truncated_shards_are_skipped_and_counted(tmp_path: Path
     keys, _ = drain(dm, dm.train_dataloader())
     assert sorted(keys) == ["a0", "a1", "a3", "b0"]
     assert dict(dm.quality.skipped) == {"unreadable_image": 1, "empty_caption": 1, "caption_not_utf8": 1, "missing_image": 1, "shard_read_error": 1, "bad_record": 1}
+
+
+def test_validation_shards_under_ddp_become_an_in_memory_dataset_for_the_distributed_sampler(shards: Path, monkeypatch) -> None:
+    """Streaming validation shards split by node could give ranks different batch counts; in memory, Lightning shares them out equally."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dm = module(str(shards / "shard-{000000..000005}.tar"), resampled=True, epoch_samples=24, val=str(shards / "shard-{000000..000005}.tar"))
+    loader = dm.val_dataloader()
+    assert not isinstance(loader.dataset, torch.utils.data.IterableDataset) and len(loader.dataset) == len(GOOD)
+    assert sorted(item[2]["key"] for item in loader.dataset) == [f"{i:09d}" for i in GOOD]

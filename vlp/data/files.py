@@ -22,6 +22,7 @@ from vlp.data.quality import BadSample, Skipped
 from vlp.data.records import Reading, Record
 from vlp.data.transforms import Transform, data_config, image_transform
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
+from vlp.registry import ConfigError
 
 QUALITY_WINDOW = 1000  # samples seen before the bad fraction is judged (fewer for small datasets)
 
@@ -130,6 +131,15 @@ class FileDataModule(ImageTextDataModule):
             self.quality.min_samples = min(QUALITY_WINDOW, max(self.quality.seen + reading.seen, 1))
             self.quality.add_counts(f"{split} annotations", reading.seen, dict(reading.skipped), where=f"{type(self).__name__} {split} annotations")
         return reading
+
+    def train_dataloader(self) -> DataLoader:
+        """Full batches of the training records; fewer records than one batch would train 0 steps, so that is an error."""
+        if len(self.train_set) < self.batch_size:
+            raise ConfigError(
+                f"{type(self).__name__} has {len(self.train_set)} training records, fewer than one batch of "
+                f"data.batch_size={self.batch_size}, so an epoch would train 0 steps; lower data.batch_size or check the annotations."
+            )
+        return super().train_dataloader()
 
     def val_dataloader(self) -> DataLoader | list:
         return [] if self.val_set is None else super().val_dataloader()

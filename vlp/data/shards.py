@@ -22,6 +22,7 @@ from vlp.data.transforms import Transform
 from vlp.registry import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+NO_GOOD_SAMPLE_LIMIT = 1000  # bad samples read before the first good one that mean the keys or the shards are wrong
 
 
 def captions_of(sample: dict[str, Any], caption_key: str | None = None) -> list[str]:
@@ -108,7 +109,8 @@ def full_batches(source: Iterable[Any], size: int, collate: Callable[[list], Any
 
     Each batch is held back until the next one is complete, so bad samples after the
     last good one ride with the last batch and are counted too. A stream with samples
-    but none good is a :class:`ConfigError`: its shards hold no member the keys name.
+    but none good (or, resampled, ``NO_GOOD_SAMPLE_LIMIT`` bad ones before the first good
+    one) is a :class:`ConfigError`: its shards hold no member the keys name.
     """
     held: list[Any] | None = None
     items: list[Any] = []
@@ -120,18 +122,24 @@ def full_batches(source: Iterable[Any], size: int, collate: Callable[[list], Any
             if held is not None:
                 yield collate(held)
             held, items, good = items, [], 0
+        elif held is None and not good and len(items) >= NO_GOOD_SAMPLE_LIMIT:  # a resampled stream never ends
+            _no_good_sample(items)
     if held is None and not good and items:
-        causes = sorted({item.cause for item in items})
-        raise ConfigError(
-            f"A WebDataset stream read {len(items)} samples and none had an image and a caption ({', '.join(causes)}); "
-            f"check that image_key/caption_key name the shards' members (RS5M: img_content, caption) and that the shard pattern is right."
-        )
+        _no_good_sample(items)
     if good and partial:
         if held is not None:
             yield collate(held)
         held, items = items, []
     if held is not None:
         yield collate(held + [item for item in items if isinstance(item, Skipped)])
+
+
+def _no_good_sample(items: list[Skipped]) -> None:
+    causes = sorted({item.cause for item in items})
+    raise ConfigError(
+        f"A WebDataset stream read {len(items)} samples and none had an image and a caption ({', '.join(causes)}); "
+        f"check that image_key/caption_key name the shards' members (RS5M: img_content, caption) and that the shard pattern is right."
+    )
 
 
 def sample_stream(

@@ -6,6 +6,7 @@ import json
 import math
 from functools import partial
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import webdataset as wds
@@ -17,7 +18,7 @@ from vlp.data.base import Collate
 from vlp.data.files import FileDataModule
 from vlp.data.quality import Skipped
 from vlp.data.shards import full_batches, sample_stream
-from vlp.data.transforms import image_transform
+from vlp.data.transforms import Transform, image_transform
 from vlp.evaluation.base import RetrievalSet
 from vlp.registry import DATAMODULES, ConfigError
 
@@ -116,11 +117,11 @@ class WebDatasetDataModule(FileDataModule):
             pipeline = pipeline.with_length(batches_per_rank, silent=True)
         return DataLoader(pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def _stream(self, urls: list[str], transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
-                decode=None) -> wds.DataPipeline:
+    def _stream(self, urls: list[str], transform: Transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
+                decode: Callable[[Any], Any] | None = None) -> wds.DataPipeline:
         return sample_stream(urls, transform, resampled, shuffle_buffer, seed, split, self.image_key, self.caption_key, decode)
 
-    def train_decoder(self, transform):
+    def train_decoder(self, transform: Transform) -> Callable[[Any], Any] | None:
         """How training samples are decoded: ``None`` for the standard decoding (subclasses replay stored augmentations)."""
         return None
 
@@ -202,5 +203,5 @@ def finite_batches(urls: list[str], samples: int, workers: int, batch_size: int)
     ``shards.json`` when it lists every shard, else ``samples`` is shared by shard count.
     """
     index = [indexed_samples([url]) for url in urls]
-    counts = index if None not in index else [samples / len(urls)] * len(urls)
-    return sum(math.ceil(round(sum(counts[w::workers]), 6) / batch_size) for w in range(workers))
+    counts = index if None not in index else [samples // len(urls) + (i < samples % len(urls)) for i in range(len(urls))]
+    return sum(math.ceil(sum(counts[w::workers]) / batch_size) for w in range(workers))
