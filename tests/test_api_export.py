@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 import vlp
 from conftest import REPO, TINY_OVERRIDES
 from test_pretrained_hf import MEAN, STD, clip_dir  # noqa: F401  (pytest fixture)
+from test_pretrained_open_clip import bpe_tokenizer  # noqa: F401  (pytest fixture)
 from vlp.data.shapes import generate
 from vlp.export import restore
 
@@ -122,7 +123,8 @@ def test_export_of_a_lora_run_on_hf_clip_loads_without_the_base_and_in_transform
 
     base = tmp_path / "base"
     shutil.copytree(clip_dir, base)
-    checkpoint = lora_checkpoint(base, tmp_path)
+    overrides = [f"vars.clip={base}", "model.embed_dim=24", "data={name: shapes, image_size: 32, train_size: 8, val_size: 8}"]
+    checkpoint = lora_checkpoint(REPO / "experiments" / "lora" / "remoteclip.yaml", overrides, tmp_path)
     run_vlp("export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--format", "directory")
     images = torch.rand(2, 3, 32, 32)
     trained, _ = restore(checkpoint)
@@ -142,13 +144,12 @@ def test_export_of_a_lora_run_on_hf_clip_loads_without_the_base_and_in_transform
         assert reference.logit_scale.item() == pytest.approx(trained.objectives["clip"].logit_scale.log_value.item())
 
 
-def lora_checkpoint(base: Path, tmp_path: Path) -> Path:
-    """A vlp checkpoint of the RemoteCLIP LoRA recipe on ``base`` with non-zero adapters (as after training)."""
+def lora_checkpoint(experiment_path: Path, overrides: list[str], tmp_path: Path) -> Path:
+    """A vlp checkpoint of a LoRA experiment with non-zero adapters (as after training), written without training."""
     from vlp.build import build_datamodule, build_module
     from vlp.config.experiment import load_experiment
 
-    overrides = [f"vars.clip={base}", "model.embed_dim=24", "data={name: shapes, image_size: 32, train_size: 8, val_size: 8}"]
-    experiment = load_experiment(REPO / "experiments" / "lora" / "remoteclip.yaml", overrides)
+    experiment = load_experiment(experiment_path, overrides)
     module = build_module(experiment, build_datamodule(experiment))
     with torch.no_grad():
         for name, parameter in module.named_parameters():
@@ -158,3 +159,29 @@ def lora_checkpoint(base: Path, tmp_path: Path) -> Path:
     path = tmp_path / "lora.ckpt"
     torch.save({"state_dict": state, "vlp": module.vlp_state}, path)
     return path
+
+
+def test_export_of_a_lora_run_on_open_clip_loads_without_the_base_checkpoint(bpe_tokenizer: Path, tmp_path: Path):  # noqa: F811
+    from test_pretrained_open_clip import save, tiny_open_clip
+
+    base = save(tiny_open_clip().state_dict(), tmp_path / "base" / "open_clip.safetensors")
+    shutil.copytree(bpe_tokenizer, tmp_path / "base" / "bpe")
+    overrides = [
+        f"model.image_encoder.checkpoint={base}", f"model.text_encoder.tokenizer={tmp_path / 'base' / 'bpe'}", "model.embed_dim=24",
+        "model.image_encoder.num_heads=2", "model.text_encoder.num_heads=2",
+        "model.tuning={image: {mode: lora, lora: {r: 4}}, text: {mode: lora, lora: {r: 4}}}",
+        "data={name: shapes, image_size: 32, train_size: 8, val_size: 8}",
+    ]
+    checkpoint = lora_checkpoint(REPO / "experiments" / "pretrained" / "open_clip.yaml", overrides, tmp_path)
+    run_vlp("export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--format", "safetensors")
+    images, texts = torch.rand(2, 3, 32, 32), ["a photo of a cat", "two dogs"]
+    trained, _ = restore(checkpoint)
+    with torch.no_grad():
+        expected_image, expected_text = trained.encoder.encode_image(images), trained.encoder.encode_text(texts)
+    shutil.rmtree(tmp_path / "base")
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "export", moved)
+    model, _, _ = vlp.load(moved, device="cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(images), expected_image, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.encode_text(texts), expected_text, rtol=1e-5, atol=1e-6)
