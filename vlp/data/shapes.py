@@ -33,6 +33,7 @@ COLOURS = {
 SIZES = ("small", "large")
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
+DISTINCT_TRIES = 50
 HELD_OUT = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "cross"), ("cyan", "square")})
 
 # Colour prompts are ensembles averaged over the attributes they do not ask about; shape
@@ -107,9 +108,22 @@ def sample_things(rng: np.random.Generator, allow_held_out: bool, two_probabilit
     return things
 
 
-def generate(count: int, size: int, seed: int, allow_held_out: bool, two_probability: float):
+def generate(count: int, size: int, seed: int, allow_held_out: bool, two_probability: float, distinct: bool = False):
+    """``count`` rendered scenes; ``distinct`` redraws (a few times) a scene whose detailed caption was already drawn.
+
+    Distinct scenes make an evaluation set in which each detailed caption names one image,
+    as in COCO/Flickr retrieval, where a caption describes its own photo.
+    """
     rng = np.random.default_rng(seed)
-    scenes = [sample_things(rng, allow_held_out, two_probability) for _ in range(count)]
+    scenes, seen = [], set()
+    for _ in range(count):
+        things = sample_things(rng, allow_held_out, two_probability)
+        for _ in range(DISTINCT_TRIES if distinct else 0):
+            if captions_for(things)[0] not in seen:
+                break
+            things = sample_things(rng, allow_held_out, two_probability)
+        seen.add(captions_for(things)[0])
+        scenes.append(things)
     canvas = 30 + 8 * rng.standard_normal((count, 3, size, size), dtype=np.float32)
     grid = tuple(np.mgrid[0:size, 0:size].astype(np.float32))
     for things, image in zip(scenes, canvas):
@@ -141,7 +155,7 @@ class ShapesDataModule(ImageTextDataModule):
     def build(self) -> None:
         images, scenes = generate(self.train_size, self.image_size, self.seed, False, self.two_shape_probability)
         self.train_set = ImageCaptionDataset(images, [captions_for(s) for s in scenes])
-        val_images, self.val_scenes = generate(self.val_size, self.image_size, self.seed + 1, True, self.two_shape_probability)
+        val_images, self.val_scenes = generate(self.val_size, self.image_size, self.seed + 1, True, self.two_shape_probability, distinct=True)
         self.val_set = ImageCaptionDataset(val_images, [captions_for(s) for s in self.val_scenes])
 
     def caption_corpus(self) -> list[str]:
@@ -164,8 +178,9 @@ class ShapesDataModule(ImageTextDataModule):
         ]
 
     def retrieval_sets(self) -> list[RetrievalSet]:
-        # The generic captions ("a circle") fit hundreds of images, so retrieval uses the other two.
-        specific = ImageCaptionDataset(self.val_set.images, [captions[:2] for captions in self.val_set.captions])
+        # Retrieval reads the detailed captions, which name one image each (the validation scenes are
+        # drawn distinct); the shorter ones ("a small red circle", "a circle") fit many images.
+        specific = ImageCaptionDataset(self.val_set.images, [captions[:1] for captions in self.val_set.captions])
         return [retrieval_set("shapes_val", specific)]
 
     def linear_probe_sets(self) -> list[LinearProbeSet]:
