@@ -19,10 +19,16 @@ import vlp
 from conftest import REPO, TINY_OVERRIDES
 from test_pretrained_hf import MEAN, STD, clip_dir  # noqa: F401  (pytest fixture)
 from test_pretrained_open_clip import bpe_tokenizer  # noqa: F401  (pytest fixture)
+from vlp.cli import main
 from vlp.data.shapes import generate
 from vlp.export import restore
 
 SHAPE_CLASSES = "a circle,a square,a triangle,a cross"
+
+
+def run_in_process(*args: str) -> None:
+    """The same command through ``vlp.cli.main`` in this process: for variants of a command already run as a subprocess."""
+    assert main(list(args)) == 0
 
 
 def run_vlp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -37,7 +43,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A default-experiment checkpoint trained for one short epoch (tiny towers)."""
     run_dir = tmp_path_factory.mktemp("api") / "run"
     overrides = [*TINY_OVERRIDES, "data.train_size=64", "data.val_size=32", "eval=[]", f"run_dir={run_dir}"]
-    run_vlp("fit", str(REPO / "experiments" / "default.yaml"), *overrides)
+    run_in_process("fit", str(REPO / "experiments" / "default.yaml"), *overrides)
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -70,7 +76,7 @@ def test_load_gives_encoder_preprocess_and_tokenizer(checkpoint: Path, image_dir
 
 @pytest.mark.parametrize("fmt", ["safetensors", "directory"])
 def test_export_is_relocatable_and_loads_the_same_model(checkpoint: Path, image_dir: Path, tmp_path: Path, fmt: str):
-    run_vlp("export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--format", fmt)
+    (run_vlp if fmt == "safetensors" else run_in_process)("export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--format", fmt)
     text = (tmp_path / "export" / "experiment.yaml").read_text()
     assert str(tmp_path) not in text and str(checkpoint.parent.parent) not in text  # no absolute paths into either place
     moved = tmp_path / "elsewhere" / "model"
@@ -95,7 +101,7 @@ def test_embed_writes_image_embeddings_of_a_directory_and_of_shards(checkpoint: 
     with wds.TarWriter(str(tmp_path / "shard-000000.tar")) as sink:
         for i, file in enumerate(sorted(image_dir.glob("*.png"))):
             sink.write({"__key__": f"sample{i}", "png": file.read_bytes(), "txt": "a shape"})
-    run_vlp("embed", "--ckpt", str(checkpoint), "--images", str(tmp_path / "shard-{000000..000000}.tar"), "--out", str(tmp_path / "shards.npy"))
+    run_in_process("embed", "--ckpt", str(checkpoint), "--images", str(tmp_path / "shard-{000000..000000}.tar"), "--out", str(tmp_path / "shards.npy"))
     torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "shards.npy")), expected, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "shards.npy.names.txt").read_text().split() == [f"sample{i}" for i in range(5)]
 
@@ -103,7 +109,7 @@ def test_embed_writes_image_embeddings_of_a_directory_and_of_shards(checkpoint: 
 def test_embed_texts_and_classify(checkpoint: Path, image_dir: Path, tmp_path: Path):
     texts = ["a circle", "a small red square", "a cross"]
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n")
-    run_vlp("embed", "--ckpt", str(checkpoint), "--texts", str(tmp_path / "texts.txt"), "--out", str(tmp_path / "t.npy"))
+    run_in_process("embed", "--ckpt", str(checkpoint), "--texts", str(tmp_path / "texts.txt"), "--out", str(tmp_path / "t.npy"))
     model, preprocess, _ = vlp.load(checkpoint, device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "t.npy")), model.encode_text(texts), rtol=1e-5, atol=1e-6)
@@ -173,7 +179,7 @@ def test_export_of_a_lora_run_on_open_clip_loads_without_the_base_checkpoint(bpe
         "data={name: shapes, image_size: 32, train_size: 8, val_size: 8}",
     ]
     checkpoint = lora_checkpoint(REPO / "experiments" / "pretrained" / "open_clip.yaml", overrides, tmp_path)
-    run_vlp("export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--format", "safetensors")
+    run_in_process("export", "--ckpt", str(checkpoint), "--out", str(tmp_path / "export"), "--format", "safetensors")
     images, texts = torch.rand(2, 3, 32, 32), ["a photo of a cat", "two dogs"]
     trained, _ = restore(checkpoint)
     with torch.no_grad():
