@@ -60,6 +60,8 @@ def check_entries(trainer: dict[str, Any], where: Callable[[str], str]) -> None:
         for index, entry in enumerate(entries):
             path = f"trainer.{section}[{index}]"
             arguments = {k: v for k, v in entry.items() if k != "class"}
+            if section == "logger":  # vlp fills a logger's save_dir with the run directory
+                arguments.setdefault("save_dir", "<run directory>")
             check_values(arguments, component_class(section, entry["class"], path), path, where)
 
 
