@@ -170,8 +170,8 @@ def lora_checkpoint(experiment_path: Path, overrides: list[str], tmp_path: Path)
 def test_export_of_a_lora_run_on_open_clip_loads_without_the_base_checkpoint(bpe_tokenizer: Path, tmp_path: Path):  # noqa: F811
     from test_pretrained_open_clip import save, tiny_open_clip
 
-    base = save(tiny_open_clip().state_dict(), tmp_path / "base" / "open_clip.safetensors")
     shutil.copytree(bpe_tokenizer, tmp_path / "base" / "bpe")
+    base = save(tiny_open_clip().state_dict(), tmp_path / "base" / "open_clip.safetensors")
     overrides = [
         f"model.image_encoder.checkpoint={base}", f"model.text_encoder.tokenizer={tmp_path / 'base' / 'bpe'}", "model.embed_dim=24",
         "model.image_encoder.num_heads=2", "model.text_encoder.num_heads=2",
