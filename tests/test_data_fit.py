@@ -47,7 +47,7 @@ def test_csv_datamodule_trains_through_fit_and_reports_its_bad_image(tmp_path: P
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == TRAIN // BATCH  # the batch that lost image 5 still trains
-    assert 0 <= metrics["metrics"]["retrieval/csv_val/image_to_text_R@1"] <= 1
+    assert 0 <= metrics["metrics"]["retrieval/csv_val/per_instance/image_to_text_R@1"] <= 1
     seen = TRAIN + VAL  # each annotation row once, though the epoch and the validation pass load them again
     assert json.loads((run_dir / "data_quality.json").read_text()) == {
         "seen": seen,

@@ -49,9 +49,9 @@ def test_recall_at_k_with_several_captions_per_image_matches_definition():
     for k in (1, 5, 10):
         i2t = sum(bool(set(scores[i].topk(k).indices.tolist()) & set(image_to_texts[i])) for i in range(n_images)) / n_images
         t2i = sum(j // captions_per_image in scores[:, j].topk(k).indices.tolist() for j in range(len(texts))) / len(texts)
-        assert got[f"retrieval/toy/image_to_text_R@{k}"] == i2t
-        assert got[f"retrieval/toy/text_to_image_R@{k}"] == t2i
-    assert 0 < got["retrieval/toy/image_to_text_R@1"] < 1
+        assert got[f"retrieval/toy/per_instance/image_to_text_R@{k}"] == i2t
+        assert got[f"retrieval/toy/per_instance/text_to_image_R@{k}"] == t2i
+    assert 0 < got["retrieval/toy/per_instance/image_to_text_R@1"] < 1
 
 
 def test_zero_shot_uses_renormalised_mean_of_normalised_prompt_embeddings():

@@ -26,5 +26,5 @@ def test_default_experiment_learns_far_above_chance(tmp_path):
     )
     metrics = json.loads((run_dir / "metrics.json").read_text())["metrics"]
     assert metrics["zeroshot/colour/top1"] > 0.6  # chance 1/8
-    assert metrics["retrieval/shapes_val/image_to_text_R@10"] > 0.3  # chance about 10/650
-    assert metrics["retrieval/shapes_val/text_to_image_R@10"] > 0.3  # chance 10/400
+    assert metrics["retrieval/shapes_val/per_instance/image_to_text_R@10"] > 0.3  # chance 10/400
+    assert metrics["retrieval/shapes_val/per_instance/text_to_image_R@10"] > 0.3  # chance 10/400

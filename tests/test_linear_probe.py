@@ -1,4 +1,4 @@
-"""Linear probe: the torch fit against scikit-learn, CLIP's strength search, and the embedded data's probe sets."""
+"""Linear probe: the fit against a closed-form optimum, CLIP's strength search, and the embedded data's probe sets."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 from vlp.data.digits import DigitsDataModule
 from vlp.data.image_folder import LinearProbeSet
 from vlp.data.shapes import SHAPES, ShapesDataModule, generate
-from vlp.evaluation.linear_probe import fit_logistic_regression, logits_of, objective, select_c
+from vlp.evaluation.linear_probe import class_logits, fit_logistic_regression, select_c
 from vlp.registry import EVALUATIONS
 
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
@@ -42,21 +42,38 @@ def sklearn_fit(x: torch.Tensor, y: torch.Tensor, c: float):
     return sklearn_linear.LogisticRegression(C=c, tol=TIGHT, max_iter=10_000).fit(x.double().numpy(), y.numpy())
 
 
-@pytest.mark.parametrize("num_classes", [2, 4])
-@pytest.mark.parametrize("c", [0.01, 3.0])
-def test_fit_matches_scikit_learn_at_the_optimum(num_classes: int, c: float) -> None:
-    x, y = blobs(num_classes, 120, 6, 1.5, seed=num_classes)
-    weight, bias = fit_logistic_regression(x, y, num_classes, c, tol=TIGHT)
-    reference = sklearn_fit(x, y, c)
-    x64 = x.double()
-    # The objective is strongly convex in W (curvature >= 1/(C n)), so with both gradients
-    # below 1e-10 the parameters agree to ~1e-10 * C * n * sqrt(#params) < 1e-5 and the
-    # objective values, quadratic in that error, to far below 1e-10.
-    probabilities = torch.softmax(logits_of(x64, weight, bias), dim=1)
-    torch.testing.assert_close(probabilities, torch.from_numpy(reference.predict_proba(x64.numpy())), atol=1e-5, rtol=0)
-    sk_weight, sk_bias = torch.from_numpy(reference.coef_), torch.from_numpy(reference.intercept_)
-    assert weight.shape == sk_weight.shape  # two classes: one row, as scikit-learn
-    assert objective(x64, y, weight, bias, c).item() == pytest.approx(objective(x64, y, sk_weight, sk_bias, c).item(), abs=1e-10)
+def symmetric_logistic_weight(c: float, n: int, a: float) -> float:
+    """The optimum w of n/2 points at +a (label 1) and n/2 at -a (label 0).
+
+    By symmetry the unpenalised bias is 0, and the gradient of
+    C * sum(log-loss) + w^2 / 2 vanishes where w = C n a (1 - sigmoid(w a)): a scalar
+    equation with one root, solved here by bisection.
+    """
+    low, high = 0.0, c * n * a
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if mid < c * n * a * (1 - 1 / (1 + np.exp(-mid * a))) else (low, mid)
+    return (low + high) / 2
+
+
+@pytest.mark.parametrize("c", [0.01, 0.3, 5.0])
+def test_fit_has_the_closed_form_optimum_of_a_symmetric_binary_problem(c: float) -> None:
+    n, a = 10, 0.7
+    x = torch.tensor([[a]] * (n // 2) + [[-a]] * (n // 2), dtype=torch.float64)
+    y = torch.tensor([1] * (n // 2) + [0] * (n // 2))
+    classifier = fit_logistic_regression(x, y, c, tol=TIGHT)
+    assert classifier.coef_.shape == (1, 1)
+    assert classifier.coef_[0, 0] == pytest.approx(symmetric_logistic_weight(c, n, a), rel=1e-6)
+    assert abs(classifier.intercept_[0]) < 1e-6
+    logits = class_logits(classifier, x, 2)  # two classes: class 0 scores 0, class 1 the decision function
+    assert torch.equal(logits.argmax(1), y) and torch.all(logits[:, 0] == 0)
+
+
+def test_class_logits_place_absent_classes_at_minus_infinity() -> None:
+    x, y = blobs(3, 60, 4, 1.0, seed=3)
+    y = torch.where(y == 1, 2, y)  # class 1 never appears in the training labels
+    logits = class_logits(fit_logistic_regression(x, y, 1.0), x, 4)
+    assert logits.shape == (60, 4) and torch.isinf(logits[:, [1, 3]]).all() and torch.isfinite(logits[:, [0, 2]]).all()
 
 
 def clip_search_reference(x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int) -> float:
@@ -78,7 +95,7 @@ def clip_search_reference(x: torch.Tensor, y: torch.Tensor, val_fraction: float,
 
 def test_strength_search_replays_clips_binary_search() -> None:
     x, y = blobs(3, 150, 5, 2.5, seed=7)
-    assert select_c(x, y, 3, val_fraction=0.3, max_iter=1000, tol=TIGHT, seed=1, steps_per_decade=8) == clip_search_reference(x, y, 0.3, 1)
+    assert select_c(x, y, val_fraction=0.3, max_iter=1000, tol=TIGHT, seed=1, steps_per_decade=8) == clip_search_reference(x, y, 0.3, 1)
 
 
 class TableEncoder(nn.Module):
@@ -102,8 +119,10 @@ def test_linear_probe_matches_scikit_learn_pipeline_under_inference_mode() -> No
 
     features = F.normalize(x, dim=-1)
     c = clip_search_reference(features[train], y[train], 0.2, seed=2)
-    expected = sklearn_fit(features[train], y[train], c).score(features[test].double().numpy(), y[test].numpy())
-    assert got == {"linearprobe/toy/top1": expected}
+    predicted = torch.from_numpy(sklearn_fit(features[train], y[train], c).predict(features[test].double().numpy()))
+    expected = (predicted == y[test]).double().mean().item()
+    recalls = [(predicted[y[test] == k] == k).double().mean().item() for k in range(3)]
+    assert got == {"linearprobe/toy/top1": expected, "linearprobe/toy/mean_per_class_recall": pytest.approx(sum(recalls) / 3, abs=1e-12)}
     assert expected > 0.6  # informative features: well above chance (1/3)
 
 
@@ -127,8 +146,8 @@ def test_shapes_probe_is_single_object_shapes_and_runs() -> None:
     assert probe.train_labels.tolist() == [SHAPES.index(s[0].shape) for s in train_scenes if len(s) == 1]
     assert probe.test_labels.tolist() == [SHAPES.index(s[0].shape) for s in dm.val_scenes if len(s) == 1]
     assert len(probe.test_images) == len(probe.test_labels) and probe.test_images.max() <= 1
-    (name, top1), = EVALUATIONS.get("linear_probe")(max_iter=20)(PooledPixels(), dm).items()
-    assert name == "linearprobe/shape/top1" and 0 <= top1 <= 1
+    got = EVALUATIONS.get("linear_probe")(max_iter=20)(PooledPixels(), dm)
+    assert set(got) == {"linearprobe/shape/top1", "linearprobe/shape/mean_per_class_recall"} and 0 <= got["linearprobe/shape/top1"] <= 1
 
 
 def test_digits_probe_labels_are_the_training_digits() -> None:

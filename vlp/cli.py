@@ -1,4 +1,4 @@
-"""``vlp fit | eval | config``: the command line."""
+"""``vlp fit | eval | export | embed | classify | config``: the command line."""
 
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ def _parser() -> argparse.ArgumentParser:
     caption.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit")
     caption.add_argument("--beam", type=int, default=1, help="beam width (1: greedy search)")
     caption.add_argument("images", nargs="+", help="image files")
+    embed = commands.add_parser("embed", help="write image or text embeddings of a trained model")
+    embed.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit, or a directory written by vlp export")
+    embed.add_argument("--images", help="an image directory, or WebDataset shards (dir/{000000..000009}.tar)")
+    embed.add_argument("--texts", help="a text file, one text per line")
+    embed.add_argument("--out", required=True, help="FILE.safetensors or FILE.npy (row names go to FILE.names.txt)")
+    embed.add_argument("--batch-size", type=int, default=64)
+    embed.add_argument("--num-workers", type=int, default=0, help="image-decoding processes (image directories)")
+    classify = commands.add_parser("classify", help="zero-shot classify images with a trained model")
+    classify.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit, or a directory written by vlp export")
+    classify.add_argument("--classes", required=True, help='comma-separated class texts, e.g. "a circle,a square,a cross"')
+    classify.add_argument("--template", default="{}", help='prompt with {} for the class, e.g. "a photo of a {}." (default: the class text)')
+    classify.add_argument("images", nargs="+", help="image files")
     config = commands.add_parser("config", help="print the resolved, validated config")
     config.add_argument("experiment")
     config.add_argument("overrides", nargs="*")
@@ -57,6 +69,16 @@ def main(argv: list[str] | None = None) -> int:
 
             for path, text in zip(args.images, caption_files(args.ckpt, args.images, beam_size=args.beam)):
                 print(f"{path}\t{text}")
+        elif args.command == "embed":
+            from vlp.inference import embed
+
+            print(f"Embeddings written to {embed(args.ckpt, args.out, args.images, args.texts, args.batch_size, args.num_workers)}")
+        elif args.command == "classify":
+            from vlp.inference import classify
+
+            classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+            for path, ranked in classify(args.ckpt, classes, args.images, args.template):
+                print(f"{path}: " + ", ".join(f"{name} {score:.3f}" for name, score in ranked))
         else:
             from vlp.config.experiment import load_experiment
 

@@ -11,13 +11,15 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vlp.build import build_datamodule, build_module
+from vlp.callbacks import build_entries
 from vlp.config.experiment import Experiment, experiment_from_resolved, load_experiment
 from vlp.registry import ConfigError
+from vlp.report import write_report
 
 
 def default_run_dir(experiment: Experiment) -> Path:
@@ -77,6 +79,8 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.resolved, sort_keys=False))
     before = module.evaluate(datamodule) if experiment.run.evaluate_before and resume_path is None else None
+    for logger in trainer.loggers:  # TensorBoard's hparams tab (and any user logger) get the resolved config
+        logger.log_hyperparams(experiment.resolved)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
     train_seconds = time.perf_counter() - started
@@ -94,6 +98,7 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
         extra["data_quality"] = quality.as_dict()
     write_metrics(run_dir / "metrics.json", metrics, extra)
     print(format_table(metrics, before))
+    print(f"Report: {write_report(run_dir, module, datamodule, metrics, extra, run_dir=run_dir)}")
     print(f"Run directory: {run_dir}")
     return run_dir
 
@@ -103,12 +108,16 @@ def build_trainer(arguments: dict[str, Any], run_dir: Path) -> L.Trainer:
 
     Built before the run directory exists (loggers and checkpoints create theirs lazily).
     """
+    arguments = dict(arguments)  # the user's trainer.callbacks / trainer.logger entries join vlp's own
+    callbacks, loggers = build_entries(arguments, "callbacks"), build_entries(arguments, "logger", save_dir=str(run_dir))
+    arguments.pop("callbacks", None), arguments.pop("logger", None)
     try:
         return L.Trainer(
             default_root_dir=run_dir,
             # Versioned log directories: a resumed run adds version_1, ... and never rewrites earlier logs.
-            logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")],
-            callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)],
+            logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv"), *loggers],
+            callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+                       LearningRateMonitor(logging_interval="step"), *callbacks],
             **arguments,
         )
     except (ValueError, TypeError, MisconfigurationException) as error:
@@ -150,7 +159,10 @@ def evaluate(checkpoint_path: str, overrides: list[str] = (), output: str | None
     metrics = module.evaluate(datamodule)
     out = Path(output) if output else Path(checkpoint_path).resolve().parent.parent / f"eval-{Path(checkpoint_path).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_metrics(out, metrics, {"experiment": experiment.run.name, "checkpoint": str(checkpoint_path)})
+    extra = {"experiment": experiment.run.name, "checkpoint": str(checkpoint_path)}
+    write_metrics(out, metrics, extra)
     print(format_table(metrics))
+    logs = Path(checkpoint_path).resolve().parent.parent
+    print(f"Report: {write_report(out.parent / f'{out.stem}-report', module, datamodule, metrics, extra, run_dir=logs)}")
     print(f"Metrics written to {out}")
     return metrics

@@ -34,8 +34,6 @@ from vlp.registry import DATAMODULES, EVALUATIONS, IMAGE_ENCODERS, OBJECTIVES, T
 INJECTED = ("embed_dim", "default_tokenizer")  # passed by the builder to towers, never YAML keys
 TRAINER_RESERVED = {
     "default_root_dir": "vlp sets it to the run directory; use run_dir",
-    "logger": "vlp always logs to TensorBoard and CSV in the run directory",
-    "callbacks": "vlp adds its checkpoint callback itself",
 }
 
 
@@ -174,8 +172,11 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
     if "data" not in config:
         raise ConfigError(f"Missing required section `data` in {source}; add data.name (e.g. shapes).")
     trainer = dict(config.get("trainer") or {})
-    check_values(trainer, L.Trainer, "trainer", where, reserved=TRAINER_RESERVED)
+    check_values({k: v for k, v in trainer.items() if k not in ("callbacks", "logger")}, L.Trainer, "trainer", where, reserved=TRAINER_RESERVED)
     _check_scheduled_objectives_under_ddp(objectives, trainer, where)
+    from vlp.callbacks import check_entries  # callbacks and loggers: named entries, added to vlp's own
+
+    check_entries(trainer, where)
     evaluations = config.get("eval", [{"name": "zero_shot"}, {"name": "retrieval"}]) or []
     if not isinstance(evaluations, list):
         raise ConfigError(f"`eval` in {where('eval')} must be a list of evaluations, e.g. [{{name: zero_shot}}].")

@@ -9,15 +9,19 @@ measures compositional generalisation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import math
+from typing import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Sampler
 
 from vlp.data.base import ImageCaptionDataset, ImageTextDataModule, retrieval_set
 from vlp.data.image_folder import LinearProbeSet
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
-from vlp.registry import DATAMODULES
+from vlp.registry import DATAMODULES, ConfigError
 
 SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {
@@ -33,6 +37,7 @@ COLOURS = {
 SIZES = ("small", "large")
 ROWS = ("top", "middle", "bottom")
 COLUMNS = ("left", "centre", "right")
+DISTINCT_TRIES = 50
 HELD_OUT = frozenset({("red", "triangle"), ("blue", "circle"), ("yellow", "cross"), ("cyan", "square")})
 
 # Colour prompts are ensembles averaged over the attributes they do not ask about; shape
@@ -107,14 +112,68 @@ def sample_things(rng: np.random.Generator, allow_held_out: bool, two_probabilit
     return things
 
 
-def generate(count: int, size: int, seed: int, allow_held_out: bool, two_probability: float):
+def shape_variants(things: list[Thing], count: int, rng: np.random.Generator, allow_held_out: bool) -> list[list[Thing]]:
+    """``things`` and ``count - 1`` copies in each of which one object has another shape (held-out pairs excluded).
+
+    The objects take turns, and each takes its other allowed shapes in a random order
+    before any repeats, so a family of four single-object scenes shows distinct shapes
+    wherever the colour allows.
+    """
+    alternatives = []
+    for thing in things:
+        options = [s for s in SHAPES if s != thing.shape and (allow_held_out or (thing.colour, s) not in HELD_OUT)]
+        alternatives.append([options[i] for i in rng.permutation(len(options))])
+    family = [things]
+    for k in range(count - 1):
+        index = k % len(things)
+        options = alternatives[index]
+        variant = list(things)
+        variant[index] = replace(things[index], shape=options[(k // len(things)) % len(options)])
+        family.append(variant)
+    return family
+
+
+def generate(
+    count: int, size: int, seed: int, allow_held_out: bool, two_probability: float, distinct: bool = False, variants: int = 1
+):
+    """``count`` rendered scenes, in families of ``variants`` scenes that differ only in one object's shape.
+
+    ``distinct`` redraws (a few times) a scene whose detailed caption was already drawn:
+    an evaluation set in which each detailed caption names one image, as in COCO/Flickr
+    retrieval, where a caption describes its own photo.
+    """
     rng = np.random.default_rng(seed)
-    scenes = [sample_things(rng, allow_held_out, two_probability) for _ in range(count)]
+    scenes, seen = [], set()
+    while len(scenes) < count:
+        things = sample_things(rng, allow_held_out, two_probability)
+        for _ in range(DISTINCT_TRIES if distinct else 0):
+            if captions_for(things)[0] not in seen:
+                break
+            things = sample_things(rng, allow_held_out, two_probability)
+        seen.add(captions_for(things)[0])
+        scenes.extend(shape_variants(things, variants, rng, allow_held_out) if variants > 1 else [things])
+    scenes = scenes[:count]
     canvas = 30 + 8 * rng.standard_normal((count, 3, size, size), dtype=np.float32)
     grid = tuple(np.mgrid[0:size, 0:size].astype(np.float32))
     for things, image in zip(scenes, canvas):
         render(things, image, grid, rng)
     return torch.from_numpy(np.clip(canvas, 0, 255).astype(np.uint8)), scenes
+
+
+class FamilySampler(Sampler[int]):
+    """Indices in families of ``size`` consecutive items, families in a new random order every epoch."""
+
+    def __init__(self, count: int, size: int, seed: int) -> None:
+        self.count = count
+        self.size = size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[int]:
+        for family in torch.randperm(math.ceil(self.count / self.size), generator=self.generator).tolist():
+            yield from range(family * self.size, min((family + 1) * self.size, self.count))
 
 
 @DATAMODULES.register("shapes")
@@ -127,6 +186,7 @@ class ShapesDataModule(ImageTextDataModule):
         train_size: int = 20000,
         val_size: int = 1000,
         two_shape_probability: float = 0.5,
+        shape_variants: int = 1,
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
@@ -137,12 +197,30 @@ class ShapesDataModule(ImageTextDataModule):
         self.train_size = train_size
         self.val_size = val_size
         self.two_shape_probability = two_shape_probability
+        if shape_variants < 1:
+            raise ConfigError(f"data.shape_variants is {shape_variants}; use 1 (independent scenes) or more (shape variants per layout).")
+        self.shape_variants = shape_variants
 
     def build(self) -> None:
-        images, scenes = generate(self.train_size, self.image_size, self.seed, False, self.two_shape_probability)
+        images, scenes = generate(self.train_size, self.image_size, self.seed, False, self.two_shape_probability, variants=self.shape_variants)
         self.train_set = ImageCaptionDataset(images, [captions_for(s) for s in scenes])
-        val_images, self.val_scenes = generate(self.val_size, self.image_size, self.seed + 1, True, self.two_shape_probability)
+        val_images, self.val_scenes = generate(self.val_size, self.image_size, self.seed + 1, True, self.two_shape_probability, distinct=True)
         self.val_set = ImageCaptionDataset(val_images, [captions_for(s) for s in self.val_scenes])
+
+    def train_dataloader(self) -> DataLoader:
+        """With shape variants, each batch holds whole families, so its negatives include the same scene in other shapes."""
+        loader = super().train_dataloader()
+        if self.shape_variants == 1:
+            return loader
+        return DataLoader(
+            loader.dataset,
+            batch_size=self.batch_size,
+            sampler=FamilySampler(len(loader.dataset), self.shape_variants, self.seed),
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=loader.collate_fn,
+        )
 
     def caption_corpus(self) -> list[str]:
         words = [" ".join(SHAPES), " ".join(COLOURS), " ".join(SIZES), " ".join(ROWS + COLUMNS)]
@@ -164,8 +242,9 @@ class ShapesDataModule(ImageTextDataModule):
         ]
 
     def retrieval_sets(self) -> list[RetrievalSet]:
-        # The generic captions ("a circle") fit hundreds of images, so retrieval uses the other two.
-        specific = ImageCaptionDataset(self.val_set.images, [captions[:2] for captions in self.val_set.captions])
+        # Retrieval reads the detailed captions, which name one image each (the validation scenes are
+        # drawn distinct); the shorter ones ("a small red circle", "a circle") fit many images.
+        specific = ImageCaptionDataset(self.val_set.images, [captions[:1] for captions in self.val_set.captions])
         return [retrieval_set("shapes_val", specific)]
 
     def linear_probe_sets(self) -> list[LinearProbeSet]:

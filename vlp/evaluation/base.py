@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Iterable, Protocol, Sequence, TypeVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -25,8 +28,10 @@ class ZeroShotTask:
 class RetrievalSet:
     """Images and texts; ``image_to_texts[i]`` lists the texts that describe image ``i``.
 
-    A text may describe several images (identical captions are merged), and an image
-    may have several texts (COCO's five captions).
+    Each (image, text) pair is one caption instance. A text may describe several images
+    (datamodules list identical captions once, so each is embedded once) and an image may
+    have several texts (COCO's five captions); the retrieval evaluation scores either the
+    standard per-instance protocol or the merged one from these pairs.
     """
 
     name: str
@@ -57,11 +62,18 @@ class Evaluation:
 def embed_images(encoder, images: Dataset | Tensor, batch_size: int) -> Tensor:
     """Normalised embeddings of every image, in order, computed batch by batch."""
     device = next(encoder.parameters()).device
-    chunks = [encoder.encode_image(batch.to(device)).float() for batch in DataLoader(images, batch_size=batch_size)]
+    batches = DataLoader(images, batch_size=batch_size)
+    chunks = [encoder.encode_image(batch.to(device)).float() for batch in progress(batches, "embedding images")]
     return torch.cat(chunks)
 
 
 def embed_texts(encoder, texts: Sequence[str], batch_size: int) -> Tensor:
     """Normalised embeddings of every text, in order, computed batch by batch."""
-    chunks = [encoder.encode_text(list(texts[i : i + batch_size])).float() for i in range(0, len(texts), batch_size)]
+    starts = progress(range(0, len(texts), batch_size), "embedding texts")
+    chunks = [encoder.encode_text(list(texts[i : i + batch_size])).float() for i in starts]
     return torch.cat(chunks)
+
+
+def progress(iterable: Iterable[T], description: str, total: int | None = None) -> Iterable[T]:
+    """A progress bar on an interactive terminal (stderr); silent in logs and tests."""
+    return tqdm(iterable, desc=description, total=total, leave=False, disable=None, dynamic_ncols=True)
