@@ -78,3 +78,26 @@ def test_fit_leaves_the_teacher_out_of_checkpoints_and_eval_reloads_it(teacher_d
     assert any(key.startswith("objectives.affinity_distillation.logit_scale") for key in checkpoint["state_dict"])
     metrics = evaluate(str(run_dir / "checkpoints" / "last.ckpt"), output=str(tmp_path / "eval.json"))
     assert metrics == json.loads((tmp_path / "eval.json").read_text())["metrics"]
+
+
+@pytest.mark.slow
+def test_a_vlp_checkpoint_is_a_teacher(tmp_path: Path):
+    from vlp.api import load
+
+    teacher_run = fit(EXPERIMENT, TINY_OVERRIDES + [f"run_dir={tmp_path / 'teacher'}", "eval=[]"])
+    checkpoint = teacher_run / "checkpoints" / "last.ckpt"
+    experiment = load_experiment(EXPERIMENT, TINY_OVERRIDES + [
+        f"model.objectives=[{{name: clip}}, {{name: affinity_distillation, teacher: '{checkpoint}', teacher_logit_scale: 14.0}}]"])
+    datamodule = build_datamodule(experiment)
+    datamodule.setup("fit")
+    module = build_module(experiment, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    objective = module.objectives["affinity_distillation"]
+    got = objective(Step(batch, module.encoder, module.image_views, module.text_views))
+    teacher, _, _ = load(checkpoint, device="cpu")
+    with torch.no_grad():
+        teacher_images, teacher_texts = teacher.encode_image(batch.images), teacher.encode_text(batch.extras["texts"])
+        student_images = module.encoder.image_tower(batch.images).embedding
+        student_texts = module.encoder.text_tower(batch.input_ids, batch.attention_mask).embedding
+    i2t, t2i = affinity_kl(student_images, student_texts, objective.logit_scale(), teacher_images, teacher_texts, 14.0)
+    torch.testing.assert_close(got["loss"], i2t + t2i)

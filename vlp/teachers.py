@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -24,8 +25,19 @@ def build_teacher(image_encoder: dict[str, Any], text_encoder: dict[str, Any], e
         params = dict(values)
         cls = registry.get(str(params.pop("name")), where=f"`{key_path}.name`")
         check_values(params, cls, key_path, lambda _: "the teacher config", injected=("embed_dim", "default_tokenizer"))
-        towers.append(cls(embed_dim=embed_dim, **params))
+        towers.append(instantiate_tower(cls, params, embed_dim))
     return DualEncoder(*towers)
+
+
+def instantiate_tower(cls: type, params: dict[str, Any], embed_dim: int) -> Any:
+    """A tower with the builder's injected arguments; a teacher has no training captions to build a vocabulary from."""
+
+    def no_corpus_tokenizer() -> Any:
+        raise ConfigError("A teacher's text tower needs a tokenizer of its own: give it `pretrained` (or `tokenizer`), a local model directory.")
+
+    injected = {"embed_dim": embed_dim, "default_tokenizer": no_corpus_tokenizer}
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**params, **{k: v for k, v in injected.items() if k in accepted})
 
 
 def image_size_of(tower: Any) -> tuple[int, int] | None:
