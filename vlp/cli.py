@@ -7,6 +7,7 @@ import sys
 
 import yaml
 
+from vlp.checkpointing import TrainingStopped
 from vlp.config.loading import load_yaml
 from vlp.registry import ConfigError
 
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"vlp: error: {error}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(f"vlp: stopped: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

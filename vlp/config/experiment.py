@@ -10,6 +10,7 @@ YAML layout (it mirrors the object tree)::
     data: {name, ...}
     optim: {...}            # vlp.optim.OptimConfig
     trainer: {...}          # keyword arguments of lightning.Trainer
+    checkpoint: {...}       # vlp.checkpointing.CheckpointConfig: when last.ckpt is written
     eval: [{name, ...}, ...]
 """
 
@@ -25,6 +26,7 @@ from omegaconf import OmegaConf
 
 from vlp.config.loading import apply_overrides, load_yaml, origin_of
 from vlp.config.schema import build_dataclass, check_values, matches
+from vlp.checkpointing import CheckpointConfig
 from vlp.optim import OptimConfig
 from vlp.tuning import TowerTuning, parse_tuning
 from vlp.registry import DATAMODULES, EVALUATIONS, IMAGE_ENCODERS, OBJECTIVES, TEXT_ENCODERS, ConfigError, Registry, import_plugins
@@ -34,6 +36,7 @@ TRAINER_RESERVED = {
     "default_root_dir": "vlp sets it to the run directory; use run_dir",
     "logger": "vlp always logs to TensorBoard and CSV in the run directory",
     "callbacks": "vlp adds its checkpoint callback itself",
+    "enable_checkpointing": "vlp always checkpoints; choose when in the `checkpoint` section",
 }
 
 
@@ -87,6 +90,7 @@ class Experiment:
     data: Component
     optim: OptimConfig
     trainer: dict[str, Any]
+    checkpoint: CheckpointConfig
     evaluations: list[Component]
     resolved: dict[str, Any]
     source: str
@@ -116,7 +120,7 @@ def _component(values: Any, registry: Registry, path: str, where: _Where, with_w
 def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: str) -> Experiment:
     """Validate a merged config (plugins are imported first, so they can register components)."""
     where = _Where(origins, source)
-    sections = {"model", "data", "optim", "trainer", "eval"}
+    sections = {"model", "data", "optim", "trainer", "checkpoint", "eval"}
     top = {k: v for k, v in config.items() if k not in sections}
     for section in sections:
         if section in config and section not in ("eval",) and not isinstance(config[section], dict):
@@ -157,6 +161,7 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
         data=_component(config["data"], DATAMODULES, "data", where),
         optim=build_dataclass(OptimConfig, config.get("optim") or {}, "optim", where),
         trainer=trainer,
+        checkpoint=build_dataclass(CheckpointConfig, config.get("checkpoint") or {}, "checkpoint", where),
         evaluations=[_component(e, EVALUATIONS, f"eval[{i}]", where) for i, e in enumerate(evaluations)],
         resolved=config,
         source=source,

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlp.batch import Batch
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped
+from vlp.data.resumable import CarriesDraws, StatefulDataLoader
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -149,14 +150,18 @@ class ImageTextDataModule(L.LightningDataModule):
         if self.tokenize is None:
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        collate = Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed)
+        # Training resumes mid-epoch at the exact next batch: the stateful loader's position and
+        # the collate's caption generator (carried by the dataset) are saved in every checkpoint.
+        loader_class, dataset = (StatefulDataLoader, CarriesDraws(dataset, collate.rng)) if train else (DataLoader, dataset)
+        return loader_class(
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed),
+            collate_fn=collate,
             generator=generator if train else None,
         )
 
