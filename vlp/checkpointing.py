@@ -181,6 +181,18 @@ class ExactResume(Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._pending = checkpoint.get("vlp_rng")
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Put the restored loader position into effect.
+
+        ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``, which builds
+        the training loader before Lightning restores the loop state, so Lightning never
+        hands the checkpoint's loader state to it: do that here and restart its iterator.
+        """
+        fit_loop = trainer.fit_loop
+        if fit_loop._combined_loader_states_to_load and fit_loop._combined_loader is not None:
+            fit_loop._load_combined_loader_states()
+            iter(fit_loop._data_fetcher)
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:
             set_rng_states(self._pending)
