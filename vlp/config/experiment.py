@@ -24,7 +24,8 @@ import lightning as L
 
 from omegaconf import OmegaConf
 
-from vlp.config.loading import apply_overrides, load_yaml, origin_of
+from vlp.config.checks import check_finite, check_ranges
+from vlp.config.loading import UnresolvedReference, apply_overrides, load_yaml, origin_of
 from vlp.config.schema import build_dataclass, check_values, matches
 from vlp.checkpointing import CheckpointConfig
 from vlp.optim import OptimConfig
@@ -114,6 +115,9 @@ def _component(values: Any, registry: Registry, path: str, where: _Where, with_w
         raise ConfigError(f"`{path}.weight` in {where(path)} is {weight!r} but must be a number.")
     cls = registry.get(str(name), where=f"`{path}.name` in {where(path + '.name')}")
     check_values(params, cls, path, where, injected=INJECTED)
+    validate = getattr(cls, "validate_params", None)  # a component's check of its free-form mappings
+    if validate is not None:
+        validate(params, path, where)
     return Component(cls, params, path, float(weight))
 
 
@@ -127,6 +131,8 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
             raise ConfigError(f"`{section}` in {where(section)} must be a mapping of keys.")
     run = build_dataclass(RunSettings, top, "", where)
     import_plugins(run.plugins)
+    check_finite(config, where)
+    check_ranges(config, where)
 
     if "model" not in config:
         raise ConfigError(f"Missing required section `model` in {source}; add model.image_encoder, text_encoder and objectives.")
@@ -170,8 +176,33 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     """Load, merge, interpolate and validate an experiment file with ``key=value`` overrides."""
-    config, origins = load_yaml(path, list(overrides))
+    try:
+        config, origins = load_yaml(path, list(overrides))
+    except UnresolvedReference as error:
+        _check_component_names(error.unresolved, _Where(error.origins, str(Path(path))))
+        raise
     return parse_experiment(config, origins, str(Path(path)))
+
+
+def _check_component_names(config: dict[str, Any], where: _Where) -> None:
+    """Name an unknown component first: choosing another component drops the old one's keys, so the
+    references to them fail too, but the unknown name is the cause to report."""
+    plugins = config.get("plugins") or []
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        import_plugins(plugins)
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    places: list[tuple[str, Any, Registry]] = [
+        ("model.image_encoder", model.get("image_encoder"), IMAGE_ENCODERS),
+        ("model.text_encoder", model.get("text_encoder"), TEXT_ENCODERS),
+        ("data", config.get("data"), DATAMODULES),
+    ]
+    for key, registry in (("objectives", OBJECTIVES),):
+        places += [(f"model.{key}[{i}]", item, registry) for i, item in enumerate(model.get(key) or [])]
+    places += [(f"eval[{i}]", item, EVALUATIONS) for i, item in enumerate(config.get("eval") or [])]
+    for path, node, registry in places:
+        name = node.get("name") if isinstance(node, dict) else None
+        if isinstance(name, str) and "${" not in name:
+            registry.get(name, where=f"`{path}.name` in {where(path + '.name')}")
 
 
 def experiment_from_resolved(config: dict[str, Any], overrides: list[str] = (), source: str = "the checkpoint") -> Experiment:
