@@ -22,6 +22,7 @@ from vlp.checkpointing import (
 )
 from vlp.config.experiment import Experiment, experiment_from_resolved, load_experiment
 from vlp.config.resume import check_resume_changes
+from vlp.preflight import preflight
 from vlp.registry import ConfigError
 
 
@@ -81,6 +82,7 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     module = build_module(experiment, datamodule, tokenizer_json=None if stored is None else stored["tokenizer"])
 
     trainer = build_trainer(experiment.trainer, run_dir, experiment.checkpoint)
+    preflight(module, datamodule, trainer.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.resolved, sort_keys=False))
     before = module.evaluate(datamodule) if experiment.run.evaluate_before and resume_path is None else None

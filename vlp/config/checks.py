@@ -95,3 +95,30 @@ def check_transformers_config(fields: dict[str, Any] | None, path: str, where: W
                 f"Unknown key `{key_path}` in {where(key_path)}: {config_class.__name__} has no field `{key}`."
                 f"{did_you_mean(key, sorted(known - {'self'}))} Fix or remove it."
             )
+
+
+def check_timm_kwargs(model_name: Any, kwargs: dict[str, Any] | None, path: str, where: Where) -> None:
+    """Check ``model_kwargs`` against the timm model's constructor by building it on the meta device (no memory, no init cost)."""
+    if not kwargs or not isinstance(model_name, str):
+        return
+    import re
+
+    import timm
+    import torch
+
+    if not timm.is_model(model_name.split(".")[0]):
+        return  # the encoder reports unknown model names with similar ones
+    try:
+        with torch.device("meta"):
+            timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as error:
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if unexpected is None:
+            raise ConfigError(f"`{path}` in {where(path)} does not fit timm model \"{model_name}\" ({error}); fix the arguments.") from error
+        key = unexpected.group(1)
+        key_path = f"{path}.{key}"
+        raise ConfigError(
+            f"Unknown key `{key_path}` in {where(key_path)}: timm model \"{model_name}\" takes no argument `{key}`; fix or remove it."
+        ) from error
+    except Exception:
+        return  # other construction problems (sizes, ...) are reported by the encoder when it is built

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
 from torch import Tensor
 
+from vlp.config.checks import check_timm_kwargs
 from vlp.encoders.towers import Tower
 from vlp.encoders.weights import load_into, read_state_dict
 from vlp.registry import IMAGE_ENCODERS, ConfigError
@@ -54,6 +55,11 @@ class TimmImageEncoder(Tower):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", 0)
+
+    @staticmethod
+    def validate_params(params: dict[str, Any], path: str, where: Callable[[str], str]) -> None:
+        """Check ``model_kwargs`` against the model's constructor before anything is built."""
+        check_timm_kwargs(params.get("model_name"), params.get("model_kwargs"), f"{path}.model_kwargs", where)
 
     def backbone_features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hidden = self.backbone.forward_features((images - self.mean) / self.std)
