@@ -205,3 +205,45 @@ def test_metrics_json_reports_the_steps_that_ran_under_ddp_spawn(tmp_path: Path)
                                                 "trainer.devices=2", "trainer.strategy=ddp_spawn"])
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 256 // (32 * 2)
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["strategy"] == "ddp_spawn"
+
+
+# --- pretrained directories and their tokenizers -------------------------------------------
+
+def test_a_clip_directory_without_tokenizer_files_is_refused_even_with_the_legacy_eos_id(clip_dir, tmp_path):  # noqa: F811
+    bare = tmp_path / "clip_without_tokenizer"
+    bare.mkdir()
+    config = json.loads((clip_dir / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = 2  # legacy CLIP configs: transformers then pools the highest id
+    (bare / "config.json").write_text(json.dumps(config))
+    for weights in clip_dir.glob("*.safetensors"):
+        shutil.copy(weights, bare / weights.name)
+    with pytest.raises(ConfigError, match="holds no tokenizer files"):
+        HFCLIPTextEncoder(24, str(bare))
+
+
+def test_a_siglip_directory_with_a_sentencepiece_tokenizer_loads(tmp_path: Path):
+    import io
+
+    import sentencepiece
+    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+
+    from vlp.encoders.hf_siglip import HFSiglipTextEncoder
+
+    texts = ["a photo of a cat", "a red circle", "two dogs in the snow", "a blue square"]
+    model_file = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts * 20), model_writer=model_file, vocab_size=40, hard_vocab_limit=False,
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2,
+    )
+    (tmp_path / "spiece.model").write_bytes(model_file.getvalue())
+    tokenizer = SiglipTokenizer(vocab_file=str(tmp_path / "spiece.model"))
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = {**tower, "vocab_size": len(tokenizer), "max_position_embeddings": 32, "pad_token_id": 0, "eos_token_id": 1}
+    SiglipModel(SiglipConfig(text_config=text, vision_config={**tower, "image_size": 32, "patch_size": 8})).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+
+    encoder = HFSiglipTextEncoder(32, str(tmp_path))
+    ids, mask = encoder.tokenize(["a photo of a cat"])
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model")).encode("a photo of a cat")
+    expected = pieces + [1]  # SigLIP appends end-of-text
+    assert ids[0, : len(expected)].tolist() == expected and ids.shape == (1, 32)
