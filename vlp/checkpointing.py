@@ -244,13 +244,20 @@ class NonFiniteGuard(Callback):
                 )
         if str(trainer.precision).startswith("16"):
             return
-        for name, parameter in pl_module.named_parameters():
-            if parameter.grad is not None and not torch.isfinite(parameter.grad).all():
-                summary = ", ".join(f"{n}={float(v):.4g}" for n, v in losses.items())
-                raise NonFiniteError(
-                    f"The gradient of {name} is non-finite at optimizer step {step} (objective losses: {summary}); training "
-                    f"stopped and the last good checkpoint was kept: lower optim.lr or set trainer.gradient_clip_val, then resume with --resume last."
-                )
+        named = [(name, _local(p.grad)) for name, p in pl_module.named_parameters() if p.grad is not None]
+        if not named or torch.stack([torch.isfinite(g).all() for _, g in named]).all():
+            return  # one device sync per step; the search below runs only on failure
+        name = next(n for n, g in named if not torch.isfinite(g).all())
+        summary = ", ".join(f"{n}={float(v):.4g}" for n, v in losses.items())
+        raise NonFiniteError(
+            f"The gradient of {name} is non-finite at optimizer step {step} (objective losses: {summary}); training "
+            f"stopped and the last good checkpoint was kept: lower optim.lr or set trainer.gradient_clip_val, then resume with --resume last."
+        )
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) gradient; a plain tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def interrupted_message(signum: int, checkpoint: Path, command: str) -> str:

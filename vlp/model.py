@@ -63,6 +63,7 @@ class VLPModule(L.LightningModule):
         self.image_views = _collect_views({"full": full_image}, [o.image_views() for o in objectives.values()], "image")
         self.text_views = _collect_views({"full": full_text}, [o.text_views() for o in objectives.values()], "text")
         self.total_steps = 1
+        self.objective_losses: dict[str, Tensor] = {}
 
     def on_fit_start(self) -> None:
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
@@ -74,6 +75,8 @@ class VLPModule(L.LightningModule):
         training = stage == "train"
         for name, objective in self.objectives.items():
             outputs = objective(step)
+            if training:  # read by the non-finite guard before the optimizer step (vlp.checkpointing)
+                self.objective_losses[name] = outputs["loss"].detach()
             total = total + self.weights[name] * outputs["loss"]
             for key, value in outputs.items():
                 self.log(f"{stage}/{name}/{key}", value, on_step=training, on_epoch=not training,
