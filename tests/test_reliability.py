@@ -247,3 +247,19 @@ def test_a_siglip_directory_with_a_sentencepiece_tokenizer_loads(tmp_path: Path)
     pieces = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model")).encode("a photo of a cat")
     expected = pieces + [1]  # SigLIP appends end-of-text
     assert ids[0, : len(expected)].tolist() == expected and ids.shape == (1, 32)
+
+
+def test_a_wrong_data_root_with_loader_workers_is_one_sentence_before_the_run_directory(tmp_path: Path, capsys):
+    from test_data_fixtures import write_image
+
+    for i in range(8):
+        write_image(tmp_path / "data" / "img" / f"{i}.png", i)
+    table = tmp_path / "data" / "train.csv"
+    table.write_text("filepath,title\n" + "".join(f"img/{i}.png,caption {i}\n" for i in range(8)))
+    run_dir = tmp_path / "run"
+    overrides = [f"data.train={table}", f"data.val={table}", f"data.root={tmp_path / 'wrong'}", "data.num_workers=2",
+                 "data.batch_size=4", "model.image_encoder.model_kwargs={img_size: 16, patch_size: 8, depth: 1}", f"run_dir={run_dir}"]
+    assert main(["fit", str(REPO / "experiments" / "data" / "csv.yaml"), *overrides]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("vlp: error: ") and "root" in error, error
+    assert not run_dir.exists()

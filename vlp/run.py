@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -91,7 +92,8 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
     except SIGTERMException as stop:
         signum = next(c.signum for c in trainer.callbacks if isinstance(c, StopOnSignal)) or 15
-        command = f"vlp fit {experiment_path} {' '.join(overrides)} run_dir={run_dir} --resume last".replace("  ", " ")
+        kept = [o for o in overrides if not o.startswith("run_dir=")]
+        command = shlex.join(["vlp", "fit", str(experiment_path), *kept, f"run_dir={run_dir}", "--resume", "last"])
         raise TrainingInterrupted(interrupted_message(signum, run_dir / "checkpoints" / LAST, command), signum) from stop
     train_seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
