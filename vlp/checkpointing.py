@@ -31,6 +31,7 @@ from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 LAST = "last.ckpt"
 
@@ -110,6 +111,8 @@ class PeriodicCheckpoint(ModelCheckpoint):
         super().__init__(
             dirpath=dirpath, filename="step={step}", auto_insert_metric_name=False, monitor="step", mode="max",
             save_top_k=config.keep, save_last=True, every_n_epochs=1 if config.every_epoch else 0,
+            # at the epoch's true end (after its validation), where Lightning's loops resume cleanly into the next epoch
+            save_on_train_epoch_end=True,
         )
         self.every_n_steps = config.every_n_steps
         self.every_seconds = None if config.every_minutes is None else 60.0 * config.every_minutes
@@ -186,12 +189,20 @@ class ExactResume(Callback):
 
         ``configure_optimizers`` reads ``trainer.estimated_stepping_batches``, which builds
         the training loader before Lightning restores the loop state, so Lightning never
-        hands the checkpoint's loader state to it: do that here and restart its iterator.
+        hands the checkpoint's loader state to it: do that here and restart the iterator
+        (Lightning does not start a new one for the first epoch after a resume).
         """
         fit_loop = trainer.fit_loop
-        if fit_loop._combined_loader_states_to_load and fit_loop._combined_loader is not None:
-            fit_loop._load_combined_loader_states()
-            iter(fit_loop._data_fetcher)
+        states, fit_loop._combined_loader_states_to_load = fit_loop._combined_loader_states_to_load, []
+        if not states or fit_loop._combined_loader is None:
+            return
+        loaders = [loader for loader in fit_loop._combined_loader.flattened if isinstance(loader, StatefulDataLoader)]
+        for loader, state in zip(loaders, states):
+            loader.load_state_dict(state)
+            if state.get("_num_yielded", 0) >= len(loader) and not state.get("_iterator_finished", False):
+                for _ in loader:  # saved after the epoch's last batch: reach its end (no batch is left), so that
+                    pass  # the next iterator starts the next epoch from the restored generators
+        iter(fit_loop._data_fetcher)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlp.batch import Batch
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped
-from vlp.data.resumable import CarriesDraws, StatefulDataLoader
+from vlp.data.resumable import CarriesDraws, RandomSampler, StatefulDataLoader
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -153,16 +153,21 @@ class ImageTextDataModule(L.LightningDataModule):
         collate = Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed)
         # Training resumes mid-epoch at the exact next batch: the stateful loader's position and
         # the collate's caption generator (carried by the dataset) are saved in every checkpoint.
-        loader_class, dataset = (StatefulDataLoader, CarriesDraws(dataset, collate.rng)) if train else (DataLoader, dataset)
-        return loader_class(
+        # The sampler owns its generator: a loader's generator also seeds each new iterator, and those
+        # draws are not part of the sampler's saved state.
+        if not train:
+            return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0, collate_fn=collate)
+        dataset = CarriesDraws(dataset, collate.rng)
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
+            sampler=RandomSampler(dataset, generator=generator),
+            drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
-            generator=generator if train else None,
+            generator=torch.Generator().manual_seed(self.seed + 1),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -14,8 +14,9 @@ from typing import Any
 
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import RandomSampler
 
-__all__ = ["CarriesDraws", "StatefulDataLoader"]
+__all__ = ["CarriesDraws", "RandomSampler", "StatefulDataLoader"]
 
 
 class CarriesDraws(Dataset):
