@@ -81,6 +81,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def write_atomically(path: Path, write: Any) -> None:
     """Call ``write(file)`` on a temporary file in ``path``'s directory, then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.partial"):  # left by a process killed while writing
+        stale.unlink(missing_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         with open(temporary, "wb") as handle:
@@ -116,7 +118,6 @@ class PeriodicCheckpoint(ModelCheckpoint):
         )
         self.every_n_steps = config.every_n_steps
         self.every_seconds = None if config.every_minutes is None else 60.0 * config.every_minutes
-        self.interrupted_by: int | None = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         if self._should_skip_saving_checkpoint(trainer) or trainer.fit_loop.epoch_loop._should_accumulate():
