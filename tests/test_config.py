@@ -77,7 +77,6 @@ def test_missing_file_and_base_cycle(tmp_path: Path):
         (["model.image_encoder.checkpoint=/nonexistent/weights.safetensors"], "does not exist"),
         (["model.text_encoder.pretrained=/nonexistent/bert", "model.text_encoder.config=null"], "does not exist"),
         (["model.text_encoder.config.vocab_size=5"], "tokenizer has"),
-        (["model.text_encoder.config.model_type=not_a_model"], 'no model_type "not_a_model"'),
     ],
 )
 def test_bad_components_fail_at_build_time_with_a_clear_message(overrides, expected):

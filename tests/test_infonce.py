@@ -44,9 +44,11 @@ def test_infonce_of_perfect_alignment_approaches_zero_and_of_constant_features_i
     torch.testing.assert_close(infonce_loss(same, same, torch.tensor(10.0)), torch.tensor(math.log(4)))
 
 
-def test_clip_temperature_initialised_at_one_over_007_and_clamped_at_100():
+def test_clip_temperature_initialised_at_one_over_007_and_clamped_at_100_after_a_step():
     objective = CLIPContrastive()
     torch.testing.assert_close(objective.logit_scale(), torch.tensor(1 / 0.07))
     with torch.no_grad():
         objective.logit_scale.log_value.fill_(math.log(500.0))
+    torch.testing.assert_close(objective.logit_scale(), torch.tensor(500.0))  # no clamp in forward: the gradient flows
+    objective.logit_scale.clamp_()  # what the optimizer's step hook does
     torch.testing.assert_close(objective.logit_scale(), torch.tensor(100.0))

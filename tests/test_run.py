@@ -30,6 +30,11 @@ def test_fit_resume_eval_round_trip(tiny_overrides, tmp_path: Path):
     checkpoint = load_vlp_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert "model:" in checkpoint["vlp"]["config"] and checkpoint["vlp"]["tokenizer"]
 
+    config = (run_dir / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="`optim.lr` is 1e\\+30 .* cannot change on resume"):
+        fit(EXPERIMENT, tiny_overrides + ["optim.lr=1e30"], resume="last")
+    assert (run_dir / "config.yaml").read_text() == config  # the record still says what ran
+
     resumed = fit(EXPERIMENT, tiny_overrides + ["trainer.max_epochs=2"], resume="last")
     assert resumed == run_dir
     second = json.loads((run_dir / "metrics.json").read_text())

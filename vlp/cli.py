@@ -7,6 +7,7 @@ import sys
 
 import yaml
 
+from vlp.checkpointing import TrainingStopped
 from vlp.config.loading import load_yaml
 from vlp.registry import ConfigError
 
@@ -86,9 +87,21 @@ def main(argv: list[str] | None = None) -> int:
             resolved, _ = load_yaml(args.experiment, args.overrides)
             print(yaml.safe_dump(resolved, sort_keys=False), end="")
     except ConfigError as error:
-        print(f"vlp: error: {error}", file=sys.stderr)
+        print(f"vlp: error: {_one_sentence(error)}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(f"vlp: stopped: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0
+
+
+def _one_sentence(error: ConfigError) -> str:
+    """A ConfigError raised in a data-loader worker arrives wrapped in the worker's traceback: keep its sentence."""
+    text = str(error).strip()
+    if "Original Traceback" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split(": ", 1)[1] if last.startswith(("vlp.", "ConfigError")) and ": " in last else last
 
 
 if __name__ == "__main__":

@@ -69,6 +69,7 @@ class VLPModule(L.LightningModule):
         self.text_views = _collect_views({"full": full_text}, [declared["text"]] + [o.text_views() for o in objectives.values()], "text")
         _check_views_read(objectives, self.image_views, self.text_views)
         self.total_steps = 1
+        self.objective_losses: dict[str, Tensor] = {}
 
     def on_fit_start(self) -> None:
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
@@ -82,6 +83,8 @@ class VLPModule(L.LightningModule):
             if not _is_active(self.active.get(name, (0.0, 1.0)), progress):
                 continue
             outputs = objective(step)
+            if training:  # read by the non-finite guard before the optimizer step (vlp.checkpointing)
+                self.objective_losses[name] = outputs["loss"].detach()
             total = total + self.weights[name] * outputs["loss"]
             for key, value in outputs.items():
                 self.log(f"{stage}/{name}/{key}", value, on_step=training, on_epoch=not training,

@@ -1,4 +1,4 @@
-"""AdamW with the usual no-decay groups, and a linear-warmup cosine schedule."""
+"""AdamW with the usual no-decay groups, a linear-warmup cosine schedule, and the logit-scale bound."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ from typing import Literal
 import torch
 from torch import nn
 
-NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "reg_token", "embeddings", "logit_scale", "logit_bias", "temperature")
+from vlp.objectives.temperature import LogitScale
+
+# Layers whose ``weight`` is a matrix that multiplies inputs: the only parameters that decay.
+# transformers' GPT-style ``Conv1D`` is a linear layer too.
+try:
+    from transformers.pytorch_utils import Conv1D as _HFConv1D
+
+    WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.modules.conv._ConvNd, _HFConv1D)
+except ImportError:  # pragma: no cover - transformers is a dependency
+    WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 
 
 @dataclass
@@ -28,18 +37,23 @@ class OptimConfig:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split trainable parameters: no decay on biases, norms, embeddings and temperatures.
+    """Split trainable parameters: only the weight matrices of linear and convolution layers decay.
 
-    One-dimensional tensors are biases, norm scales or scalars (temperatures); embedding
-    tables and position/class tokens are recognised by module type or name.
+    Decided by what a parameter is, never by its name, so every tower family (timm,
+    transformers, open_clip converted to either) is treated alike: biases, norm scales
+    and scalars (temperatures, logit biases) are 1-D; token and position tables are
+    ``nn.Embedding`` weights or bare tensors (``pos_embed``, ``cls_token``,
+    ``class_embedding``) that no linear or convolution layer owns. Patch embeddings are
+    convolutions and decay in every family, as in open_clip.
     """
-    embedding_params = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, WEIGHT_LAYERS) and getattr(m, "weight", None) is not None}
+    for attention in (m for m in model.modules() if isinstance(m, nn.MultiheadAttention)):
+        decayed.update(id(p) for name, p in attention.named_parameters(recurse=False) if name.endswith("proj_weight"))
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
-        exempt = param.ndim < 2 or id(param) in embedding_params or any(part in name for part in NO_DECAY_NAME_PARTS)
-        (no_decay if exempt else decay).append(param)
+        (decay if id(param) in decayed and param.ndim >= 2 else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -47,10 +61,16 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """The configured optimizer; after each of its steps every logit scale is bounded in place."""
     groups = parameter_groups(model, config.weight_decay)
     if config.name == "sgd":
-        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
+    scales = [m for m in model.modules() if isinstance(m, LogitScale)]
+    if scales:
+        optimizer.register_step_post_hook(lambda *_: [scale.clamp_() for scale in scales])
+    return optimizer
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float, schedule: str = "cosine") -> float:

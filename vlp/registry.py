@@ -26,6 +26,12 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f' Did you mean "{close[0]}"?' if close else ""
 
 
+def listing(choices: list[str], limit: int = 12) -> str:
+    """``a, b, c`` — cut after ``limit`` entries so a message stays one readable sentence."""
+    shown = ", ".join(choices[:limit])
+    return shown + (f", ... ({len(choices) - limit} more)" if len(choices) > limit else "")
+
+
 class Registry(Generic[T]):
     """A named collection of components of one kind, filled by ``@registry.register(name)``."""
 
@@ -68,7 +74,7 @@ class Registry(Generic[T]):
             location = f" at {where}" if where else ""
             raise ConfigError(
                 f'Unknown {self.kind} "{name}"{location}.{did_you_mean(name, self.names())} '
-                f"Known: {', '.join(self.names())}; a component of your own must be registered "
+                f"Known: {listing(self.names())}; a component of your own must be registered "
                 f"in a module listed under `plugins`."
             )
         return self._entries[name]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -11,13 +12,20 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.strategies.launchers import _MultiProcessingLauncher
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from vlp.build import build_datamodule, build_module
 from vlp.callbacks import build_entries
+from vlp.checkpointing import (
+    LAST, AtomicCheckpointIO, CheckpointConfig, ExactResume, NonFiniteGuard, PeriodicCheckpoint, StopOnSignal,
+    TrainingInterrupted, interrupted_message,
+)
 from vlp.config.experiment import Experiment, experiment_from_resolved, load_experiment
+from vlp.config.resume import check_resume_changes
+from vlp.preflight import preflight
 from vlp.registry import ConfigError
 from vlp.report import write_report
 
@@ -69,26 +77,35 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     if resume_path is None and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"Run directory {run_dir} already holds a run; continue it with --resume last or choose another run_dir=.")
 
+    stored = None if resume_path is None else load_vlp_checkpoint(resume_path)["vlp"]
+    if stored is not None:
+        check_resume_changes(yaml.safe_load(stored["config"]), experiment.resolved, resume_path)
     L.seed_everything(experiment.run.seed, workers=True, verbose=False)
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
-    tokenizer_json = _stored_tokenizer(resume_path)
-    module = build_module(experiment, datamodule, tokenizer_json=tokenizer_json)
+    module = build_module(experiment, datamodule, tokenizer_json=None if stored is None else stored["tokenizer"])
 
-    trainer = build_trainer(experiment.trainer, run_dir)
+    trainer = build_trainer(experiment.trainer, run_dir, experiment.checkpoint)
+    preflight(module, datamodule, trainer.world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.resolved, sort_keys=False))
     before = module.evaluate(datamodule) if experiment.run.evaluate_before and resume_path is None else None
     for logger in trainer.loggers:  # TensorBoard's hparams tab (and any user logger) get the resolved config
         logger.log_hyperparams(experiment.resolved)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    except SIGTERMException as stop:
+        signum = next(c.signum for c in trainer.callbacks if isinstance(c, StopOnSignal)) or 15
+        kept = [o for o in overrides if not o.startswith("run_dir=")]
+        command = shlex.join(["vlp", "fit", str(experiment_path), *kept, f"run_dir={run_dir}", "--resume", "last"])
+        raise TrainingInterrupted(interrupted_message(signum, run_dir / "checkpoints" / LAST, command), signum) from stop
     train_seconds = time.perf_counter() - started
     if trainer.global_rank != 0:
         return run_dir
     metrics = module.evaluate(datamodule)
-    extra = {"experiment": experiment.run.name, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-             "train_seconds": round(train_seconds, 1), "global_step": trainer.global_step}
+    extra = {"experiment": experiment.run.name, "checkpoint": str(run_dir / "checkpoints" / LAST),
+             "train_seconds": round(train_seconds, 1), "global_step": _steps_done(trainer, run_dir / "checkpoints" / LAST)}
     if before is not None:
         extra["before"] = before
         extra["change"] = {name: value - before[name] for name, value in metrics.items() if name in before}
@@ -103,29 +120,36 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     return run_dir
 
 
-def build_trainer(arguments: dict[str, Any], run_dir: Path) -> L.Trainer:
+def build_trainer(arguments: dict[str, Any], run_dir: Path, checkpoint: CheckpointConfig | None = None) -> L.Trainer:
     """Lightning's Trainer with vlp's loggers and checkpoints; a value Lightning rejects is a ConfigError.
 
+    Checkpoints are periodic and atomic, signals save one and stop, a non-finite loss or
+    gradient stops before the optimizer uses it (see :mod:`vlp.checkpointing`).
     Built before the run directory exists (loggers and checkpoints create theirs lazily).
     """
     arguments = dict(arguments)  # the user's trainer.callbacks / trainer.logger entries join vlp's own
     callbacks, loggers = build_entries(arguments, "callbacks"), build_entries(arguments, "logger", save_dir=str(run_dir))
     arguments.pop("callbacks", None), arguments.pop("logger", None)
+    plugins = arguments.pop("plugins", None) or []
     try:
         return L.Trainer(
             default_root_dir=run_dir,
             # Versioned log directories: a resumed run adds version_1, ... and never rewrites earlier logs.
             logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv"), *loggers],
-            callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
-                       LearningRateMonitor(logging_interval="step"), *callbacks],
+            callbacks=[PeriodicCheckpoint(run_dir / "checkpoints", checkpoint or CheckpointConfig()), StopOnSignal(),
+                       ExactResume(), NonFiniteGuard(), LearningRateMonitor(logging_interval="step"), *callbacks],
+            plugins=[*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()],
             **arguments,
         )
     except (ValueError, TypeError, MisconfigurationException) as error:
         raise ConfigError(f"Lightning rejected the `trainer` section ({error}); fix the value it names.") from error
 
 
-def _stored_tokenizer(checkpoint_path: str | None) -> str | None:
-    return None if checkpoint_path is None else load_vlp_checkpoint(checkpoint_path)["vlp"]["tokenizer"]
+def _steps_done(trainer: L.Trainer, last: Path) -> int:
+    """Optimizer steps taken; spawned workers do not send their loop state back, their last checkpoint has it."""
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) and last.is_file():
+        return int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    return trainer.global_step
 
 
 def load_vlp_checkpoint(path: str | Path) -> dict[str, Any]:

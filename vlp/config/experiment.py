@@ -11,6 +11,7 @@ YAML layout (it mirrors the object tree)::
     data: {name, ...}
     optim: {...}            # vlp.optim.OptimConfig
     trainer: {...}          # keyword arguments of lightning.Trainer
+    checkpoint: {...}       # vlp.checkpointing.CheckpointConfig: when last.ckpt is written
     eval: [{name, ...}, ...]
 """
 
@@ -24,8 +25,10 @@ import lightning as L
 
 from omegaconf import OmegaConf
 
-from vlp.config.loading import apply_overrides, load_yaml, origin_of
+from vlp.config.checks import check_finite, check_ranges
+from vlp.config.loading import UnresolvedReference, apply_overrides, load_yaml, origin_of
 from vlp.config.schema import build_dataclass, check_values, matches
+from vlp.checkpointing import CheckpointConfig
 from vlp.optim import OptimConfig
 from vlp.tuning import TowerTuning, parse_tuning
 from vlp.needs import OBJECTIVE_INJECTED
@@ -34,6 +37,7 @@ from vlp.registry import DATAMODULES, EVALUATIONS, IMAGE_ENCODERS, OBJECTIVES, T
 INJECTED = ("embed_dim", "default_tokenizer")  # passed by the builder to towers, never YAML keys
 TRAINER_RESERVED = {
     "default_root_dir": "vlp sets it to the run directory; use run_dir",
+    "enable_checkpointing": "vlp always checkpoints; choose when in the `checkpoint` section",
 }
 
 
@@ -89,6 +93,7 @@ class Experiment:
     data: Component
     optim: OptimConfig
     trainer: dict[str, Any]
+    checkpoint: CheckpointConfig
     evaluations: list[Component]
     resolved: dict[str, Any]
     source: str
@@ -116,6 +121,9 @@ def _component(
     active = _active_span(params.pop("active", [0.0, 1.0]) if with_weight else [0.0, 1.0], path, where)
     cls = registry.get(str(name), where=f"`{path}.name` in {where(path + '.name')}")
     check_values(params, cls, path, where, injected=injected)
+    validate = getattr(cls, "validate_params", None)  # a component's check of its free-form mappings
+    if validate is not None:
+        validate(params, path, where)
     return Component(cls, params, path, float(weight), active)
 
 
@@ -148,13 +156,15 @@ def _check_scheduled_objectives_under_ddp(objectives: list[Component], trainer: 
 def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: str) -> Experiment:
     """Validate a merged config (plugins are imported first, so they can register components)."""
     where = _Where(origins, source)
-    sections = {"model", "data", "optim", "trainer", "eval"}
+    sections = {"model", "data", "optim", "trainer", "checkpoint", "eval"}
     top = {k: v for k, v in config.items() if k not in sections}
     for section in sections:
         if section in config and section not in ("eval",) and not isinstance(config[section], dict):
             raise ConfigError(f"`{section}` in {where(section)} must be a mapping of keys.")
     run = build_dataclass(RunSettings, top, "", where)
     import_plugins(run.plugins)
+    check_finite(config, where)
+    check_ranges(config, where)
 
     if "model" not in config:
         raise ConfigError(f"Missing required section `model` in {source}; add model.image_encoder, text_encoder and objectives.")
@@ -194,6 +204,7 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
         data=_component(config["data"], DATAMODULES, "data", where),
         optim=build_dataclass(OptimConfig, config.get("optim") or {}, "optim", where),
         trainer=trainer,
+        checkpoint=build_dataclass(CheckpointConfig, config.get("checkpoint") or {}, "checkpoint", where),
         evaluations=[_component(e, EVALUATIONS, f"eval[{i}]", where, injected=("objectives",)) for i, e in enumerate(evaluations)],
         resolved=config,
         source=source,
@@ -203,8 +214,33 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
 
 def load_experiment(path: str | Path, overrides: list[str] = ()) -> Experiment:
     """Load, merge, interpolate and validate an experiment file with ``key=value`` overrides."""
-    config, origins = load_yaml(path, list(overrides))
+    try:
+        config, origins = load_yaml(path, list(overrides))
+    except UnresolvedReference as error:
+        _check_component_names(error.unresolved, _Where(error.origins, str(Path(path))))
+        raise
     return parse_experiment(config, origins, str(Path(path)))
+
+
+def _check_component_names(config: dict[str, Any], where: _Where) -> None:
+    """Name an unknown component first: choosing another component drops the old one's keys, so the
+    references to them fail too, but the unknown name is the cause to report."""
+    plugins = config.get("plugins") or []
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        import_plugins(plugins)
+    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    places: list[tuple[str, Any, Registry]] = [
+        ("model.image_encoder", model.get("image_encoder"), IMAGE_ENCODERS),
+        ("model.text_encoder", model.get("text_encoder"), TEXT_ENCODERS),
+        ("data", config.get("data"), DATAMODULES),
+    ]
+    for key, registry in (("objectives", OBJECTIVES),):
+        places += [(f"model.{key}[{i}]", item, registry) for i, item in enumerate(model.get(key) or [])]
+    places += [(f"eval[{i}]", item, EVALUATIONS) for i, item in enumerate(config.get("eval") or [])]
+    for path, node, registry in places:
+        name = node.get("name") if isinstance(node, dict) else None
+        if isinstance(name, str) and "${" not in name:
+            registry.get(name, where=f"`{path}.name` in {where(path + '.name')}")
 
 
 def experiment_from_resolved(config: dict[str, Any], overrides: list[str] = (), source: str = "the checkpoint") -> Experiment:

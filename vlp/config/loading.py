@@ -6,6 +6,7 @@ key, so validation errors can name the file to fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vlp.registry import ConfigError
 
 COMMAND_LINE = "the command line"
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
 Origins = dict[str, str]
 
 
@@ -101,11 +103,41 @@ def apply_overrides(config: DictConfig, overrides: list[str], origins: Origins |
         origins[_bracketed(key)] = COMMAND_LINE
         for path in flatten_keys(value, _bracketed(key)):
             origins[path] = COMMAND_LINE
+    _follow_interpolations(config, origins)
     try:
         container = OmegaConf.to_container(config, resolve=True)
     except OmegaConfBaseException as error:
-        raise ConfigError(f"Interpolation failed: {error}; check the ${{...}} reference.") from error
+        raise UnresolvedReference(
+            f"Interpolation failed: {str(error).splitlines()[0]}; check the ${{...}} reference.",
+            OmegaConf.to_container(config, resolve=False), origins,
+        ) from error
     return container, origins
+
+
+class UnresolvedReference(ConfigError):
+    """A ``${...}`` reference names a missing key; carries the unresolved config so a likelier cause can be named."""
+
+    def __init__(self, message: str, unresolved: dict[str, Any], origins: Origins) -> None:
+        super().__init__(message)
+        self.unresolved, self.origins = unresolved, origins
+
+
+def _follow_interpolations(config: DictConfig, origins: Origins) -> None:
+    """A key written as ``${other.key}`` is set wherever ``other.key`` was: an error in it blames the true source."""
+    raw = OmegaConf.to_container(config, resolve=False)
+    for path in flatten_keys(raw):
+        value = _at(raw, path)
+        match = INTERPOLATION.fullmatch(value) if isinstance(value, str) else None
+        if match:
+            target = _bracketed(match.group(1))
+            if origin_of(target, origins, "") == COMMAND_LINE:
+                origins[path] = COMMAND_LINE
+
+
+def _at(node: Any, path: str) -> Any:
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _parse_override(override: str) -> tuple[str, Any]:
@@ -116,8 +148,12 @@ def _parse_override(override: str) -> tuple[str, Any]:
     try:
         parsed = OmegaConf.from_dotlist([f"value={raw}"])
         return key.strip(), OmegaConf.to_container(parsed, resolve=False)["value"]
-    except OmegaConfBaseException as error:
-        raise ConfigError(f'Override "{override}" has a value that cannot be parsed ({error}); quote it.') from error
+    except Exception as error:  # OmegaConf's grammar errors and the YAML parser's (e.g. an unclosed "[1,")
+        reason = str(error).strip().splitlines()[0]
+        raise ConfigError(
+            f'Override "{override}" on the command line has a value that cannot be parsed ({reason}); '
+            f"write a YAML value (close brackets, quote text with [ , : or spaces)."
+        ) from error
 
 
 def _bracketed(dotted: str) -> str:

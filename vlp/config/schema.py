@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, Callable, Literal, Union
 
-from vlp.registry import ConfigError, did_you_mean
+from vlp.registry import ConfigError, did_you_mean, listing
 
 NoneType = type(None)
 
@@ -98,7 +98,7 @@ def check_values(
         if key not in declared:
             raise ConfigError(
                 f"Unknown key `{key_path}` in {where(key_path)}.{did_you_mean(key, list(declared))} "
-                f"Allowed keys: {', '.join(sorted(declared))}."
+                f"Allowed keys: {listing(sorted(declared))}."
             )
         annotation, _ = declared[key]
         if not matches(value, annotation):

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from vlp.batch import Batch
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped, tally
+from vlp.data.resumable import CarriesDraws, RandomSampler, StatefulDataLoader
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -158,15 +159,24 @@ class ImageTextDataModule(L.LightningDataModule):
         if self.tokenize is None:
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
         generator = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        collate = Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed)
+        # Training resumes mid-epoch at the exact next batch: the stateful loader's position and
+        # the collate's caption generator (carried by the dataset) are saved in every checkpoint.
+        # The sampler owns its generator: a loader's generator also seeds each new iterator, and those
+        # draws are not part of the sampler's saved state.
+        if not train:
+            return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
+                              persistent_workers=self.num_workers > 0, collate_fn=collate)
+        dataset = CarriesDraws(dataset, collate.rng)
+        return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            drop_last=train,
+            sampler=RandomSampler(dataset, generator=generator),
+            drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed),
-            generator=generator if train else None,
+            collate_fn=collate,
+            generator=torch.Generator().manual_seed(self.seed + 1),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -66,10 +66,19 @@ def image_statistics(path: str, default_mean: tuple[float, ...], default_std: tu
     return torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "vocab.txt", "tokenizer.model", "sentencepiece.bpe.model")
+
+
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """The tokenizer saved in a local directory, with a fix-it message when there is none."""
     if not Path(path).is_dir():
         raise ConfigError(f"Tokenizer directory {path} does not exist; point `tokenizer` at a local directory.")
+    if not any((Path(path) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer from config.json alone: every text becomes special tokens
+        raise ConfigError(
+            f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, ...); set `tokenizer` to a local "
+            f"directory holding the model's tokenizer (e.g. saved with tokenizer.save_pretrained)."
+        )
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, TypeError) as error:

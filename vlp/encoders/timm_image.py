@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import timm
 import torch
 from torch import Tensor
 
+from vlp.config.checks import check_timm_kwargs
 from vlp.encoders.patch_tokens import timm_vit_patches
 from vlp.encoders.towers import Tower
 from vlp.encoders.weights import load_into, read_state_dict
@@ -58,6 +59,11 @@ class TimmImageEncoder(Tower):
         patch_embed = getattr(backbone, "patch_embed", None)
         if patch_embed is not None and getattr(patch_embed, "grid_size", None) is not None:
             self.patch_size, self.patch_grid = tuple(patch_embed.patch_size), tuple(patch_embed.grid_size)
+
+    @staticmethod
+    def validate_params(params: dict[str, Any], path: str, where: Callable[[str], str]) -> None:
+        """Check ``model_kwargs`` against the model's constructor before anything is built."""
+        check_timm_kwargs(params.get("model_name"), params.get("model_kwargs"), f"{path}.model_kwargs", where)
 
     def backbone_features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hidden = self.backbone.forward_features((images - self.mean) / self.std)

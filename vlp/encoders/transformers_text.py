@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from vlp.config.checks import check_transformers_config
 from vlp.encoders.towers import Tower
 from vlp.registry import TEXT_ENCODERS, ConfigError
 
@@ -53,6 +54,11 @@ class TransformersTextEncoder(Tower):
         self.pooling = _resolve_pooling(pooling, backbone.config.model_type)
         self.pretrained_parts = ("backbone.",) if pretrained else ()
         _check_tokenizer_fits(self.tokenizer, backbone.config, max_length)
+
+    @staticmethod
+    def validate_params(params: dict[str, Any], path: str, where: Callable[[str], str]) -> None:
+        """Check the free-form ``config`` against the transformers config class (typos would pass silently)."""
+        check_transformers_config(params.get("config"), f"{path}.config", where)
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask, padded to the longest text, truncated at ``max_length``."""

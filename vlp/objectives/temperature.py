@@ -9,8 +9,12 @@ from torch import Tensor, nn
 
 
 class LogitScale(nn.Module):
-    """CLIP's logit scale: stored as a log, initialised at 1/temperature, clamped at a maximum.
+    """CLIP's logit scale: stored as a log, initialised at 1/temperature, bounded at a maximum.
 
+    The bound is applied to the parameter itself after each optimizer step (``clamp_``,
+    called by the optimizer built in :mod:`vlp.optim`), never inside ``forward``: a clamp
+    in the forward pass has zero gradient above the bound, so a scale that reached it
+    (or started there, as OpenAI/open_clip checkpoints do) could never move back down.
     Each objective owns one (objectives never share parameters); calling it returns the scale.
     """
 
@@ -23,4 +27,9 @@ class LogitScale(nn.Module):
         self.max_log_value = math.log(max_scale)
 
     def forward(self) -> Tensor:
-        return self.log_value.clamp(max=self.max_log_value).exp()
+        return self.log_value.exp()
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Bound the stored log-scale in place (open_clip does this after every optimizer step)."""
+        self.log_value.clamp_(max=self.max_log_value)

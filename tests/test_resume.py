@@ -1,0 +1,98 @@
+"""Crash, signal and NaN: through the real ``vlp fit`` command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_OVERRIDES
+
+EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+# 256 / 32 = 8 optimizer steps per epoch, 16 in all; last.ckpt rewritten every 3 steps.
+RUN = TINY_OVERRIDES + ["trainer.max_epochs=2", "checkpoint.every_n_steps=3", "eval=[]"]
+
+# Imported at interpreter start (sitecustomize) by the run to crash: a real SIGKILL of the
+# `vlp fit` process right after a chosen optimizer step, so the crash point is exact.
+KILL_AFTER_STEP = """
+import os, signal
+from vlp.model import VLPModule
+
+def _crash(self, *args, **kwargs):
+    if self.global_step == int(os.environ["KILL_AFTER_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+VLPModule.on_train_batch_end = _crash
+"""
+
+
+def vlp(*args: str, extra_path: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (str(extra_path or ""), str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    environment = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "vlp", *args], env=environment, capture_output=True, text=True, timeout=600)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_last_gives_bit_identical_weights(tmp_path: Path):
+    whole = vlp("fit", EXPERIMENT, *RUN, "checkpoint.keep=2", f"run_dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    # saved at steps 3, 6, 8 (epoch end), 9, 12, 15, 16 (epoch end): the newest two numbered ones are kept
+    assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()) == ["last.ckpt", "step=15.ckpt", "step=16.ckpt"]
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AFTER_STEP)
+    crashed = tmp_path / "crashed"
+    killed = vlp("fit", EXPERIMENT, *RUN, f"run_dir={crashed}", extra_path=hook, KILL_AFTER_STEP="5")
+    assert killed.returncode == -signal.SIGKILL
+    saved = torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3  # mid first epoch (3 of 8 batches; 2 more were lost): the resumed run crosses an epoch
+
+    resumed = vlp("fit", EXPERIMENT, *RUN, f"run_dir={crashed}", "--resume", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((crashed / "metrics.json").read_text())["global_step"] == 16
+    expected, got = weights(tmp_path / "whole"), weights(crashed)
+    assert expected.keys() == got.keys()
+    different = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert not different, different
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_and_exits_non_zero_with_how_to_resume(tmp_path: Path, signum: int):
+    run_dir = tmp_path / "run"
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AFTER_STEP.replace("signal.SIGKILL", f"signal.{signum.name}"))
+    result = vlp("fit", EXPERIMENT, *RUN, "checkpoint.every_n_steps=null", f"run_dir={run_dir}", extra_path=hook,
+                 KILL_AFTER_STEP="5")
+    assert result.returncode == 128 + signum
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"vlp: stopped: Stopped by {signum.name}") and "--resume last" in message
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 5  # the batch in flight finished, then the state was saved
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_stops_naming_step_and_objective_and_keeps_the_last_good_checkpoint(tmp_path: Path):
+    run_dir = tmp_path / "run"
+    result = vlp("fit", EXPERIMENT, *RUN, "optim.lr=1e30", "optim.warmup_steps=0", "checkpoint.every_n_steps=1",
+                 f"run_dir={run_dir}")
+    assert result.returncode == 1, result.stderr[-3000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "non-finite" in message and "at optimizer step " in message
+    assert "Objective clip gave a non-finite loss" in message or "The gradient of " in message
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert not (run_dir / "metrics.json").exists()
