@@ -119,8 +119,17 @@ class VLPModule(L.LightningModule):
         return results
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """Lightning's step, then each objective's hook (e.g. an EMA teacher update), once per step."""
+        """Lightning's step, then each objective's hook (e.g. an EMA teacher update), once per real step.
+
+        Lightning calls this once per optimizer step (not per micro-batch under gradient
+        accumulation). A step that float16 AMP's scaler skipped (non-finite gradients: it
+        then lowers its scale) changed no weight, so the hooks do not run either.
+        """
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        scale = scaler.get_scale() if scaler is not None else None
         super().optimizer_step(*args, **kwargs)
+        if scaler is not None and scaler.get_scale() < scale:
+            return
         for objective in self.objectives.values():
             objective.after_optimizer_step(self.encoder)
 
