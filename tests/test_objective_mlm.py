@@ -102,6 +102,30 @@ def test_mlm_pointed_at_an_unmasked_view_says_so(tmp_path: Path):
         module.objectives["mlm"](step)
 
 
+def test_a_yaml_bert_mask_view_sets_the_masking_rate(tmp_path: Path):
+    experiment = load_experiment(
+        str(REPO / "experiments" / "default.yaml"),
+        TINY_OVERRIDES + [f"run_dir={tmp_path / 'run'}", "model.objectives=[{name: mlm, text_view: all}]",
+                          "model.views={all: {name: bert_mask, mask_probability: 1.0, replace_with_mask: 1.0, replace_with_random: 0.0}}"],
+    )
+    datamodule = build_datamodule(experiment)
+    datamodule.setup("fit")
+    module = build_module(experiment, datamodule)
+    batch = next(iter(datamodule.train_dataloader()))
+    step = Step(batch, module.encoder, module.image_views, module.text_views)
+    assert set(module.text_views) == {"full", "all"}  # the objective's default view is not declared
+    assert torch.isfinite(module.objectives["mlm"](step)["loss"])
+    masked = step.text("all")
+    special = module.encoder.text_tower.tokenizer.all_special_ids
+    real = maskable_tokens(batch.input_ids, batch.attention_mask, special)
+    assert torch.equal(masked.meta[LABELS] != IGNORE_INDEX, real)
+    assert (masked.input_ids[real] == module.encoder.text_tower.tokenizer.mask_token_id).all()
+    bad = load_experiment(str(REPO / "experiments" / "default.yaml"),
+                          TINY_OVERRIDES + ["model.views={bad: {name: bert_mask, mask_probability: 0.0}}"])
+    with pytest.raises(ConfigError, match="mask_probability"):
+        build_module(bad, datamodule)
+
+
 def majority_token_share(run_dir: Path) -> float:
     """Accuracy of always predicting the most frequent maskable token of the validation captions."""
     checkpoint = load_vlp_checkpoint(run_dir / "checkpoints" / "last.ckpt")
