@@ -107,10 +107,10 @@ def test_sycoca_mim_refuses_a_patch_dropped_view_and_a_bad_ratio(tmp_path: Path)
 
 @pytest.mark.slow
 def test_sycoca_experiment_trains_through_vlp_fit_and_its_reconstruction_loss_falls(tmp_path: Path):
-    """`vlp fit experiments/sycoca.yaml` (CoCa + TG-MIM), shrunk: both objectives log and TG-MIM's loss falls."""
+    """`vlp fit experiments/sycoca.yaml` (CoCa + TG-MIM; `fit` is the command's function), shrunk: both objectives log and TG-MIM's loss falls."""
     import csv
-    import subprocess
-    import sys
+
+    from vlp.run import fit
 
     run_dir = tmp_path / "run"
     overrides = [
@@ -123,7 +123,7 @@ def test_sycoca_experiment_trains_through_vlp_fit_and_its_reconstruction_loss_fa
         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
         "trainer.log_every_n_steps=1", "eval=[]", f"run_dir={run_dir}",
     ]
-    subprocess.run([sys.executable, "-m", "vlp", "fit", str(REPO / "experiments" / "sycoca.yaml"), *overrides], check=True, cwd=tmp_path)
+    fit(str(REPO / "experiments" / "sycoca.yaml"), overrides)
     with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("train/sycoca_mim/loss")]
     losses = [float(row["train/sycoca_mim/loss"]) for row in rows]
