@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -27,13 +28,15 @@ def test_attentional_pooler_equals_multi_head_attention_written_out():
     torch.testing.assert_close(pooler(tokens), expected, rtol=1e-12, atol=1e-12)
 
 
-def test_decoder_is_causal_and_attends_to_the_image():
+@pytest.mark.parametrize("image_queries", [4, 0])
+def test_decoder_is_causal_and_attends_to_the_image(image_queries: int):
     torch.manual_seed(0)
-    decoder = MultimodalTextDecoder(text_width=12, image_width=10, vocab_size=7, width=16, depth=2, heads=2, image_queries=4).double().eval()
+    decoder = MultimodalTextDecoder(text_width=12, image_width=10, vocab_size=7, width=16, depth=2, heads=2, image_queries=image_queries).double().eval()
     text = torch.randn(2, 6, 12, dtype=torch.float64)
     image = torch.randn(2, 9, 10, dtype=torch.float64)
     logits = decoder(text, decoder.image_memory(image))
     assert logits.shape == (2, 6, 7)
+    assert decoder.image_memory(image).shape == (2, image_queries or 9, 16)
     changed_late = text.clone()
     changed_late[:, 4:] = torch.randn(2, 2, 12, dtype=torch.float64)
     later = decoder(changed_late, decoder.image_memory(image))

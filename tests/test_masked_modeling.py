@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from objective_testing import assert_ddp_matches_single_process
 from vlp.heads.fusion import CrossAttentionFusion
 from vlp.heads.mlm import MLMHead
 from vlp.heads.patch_decoder import TextGuidedPatchDecoder
@@ -121,20 +120,6 @@ def test_masked_patch_loss_is_mae_s_mean_squared_error_on_hidden_patches():
             reference = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
         grad = 2 * (prediction.detach() - reference) / (6 * int(masked.sum())) * masked[..., None]
         torch.testing.assert_close(prediction.grad, grad)
-
-
-def token_and_patch_losses(logits, labels, prediction, target, masked):
-    return masked_token_loss(logits, labels) + masked_patch_loss(prediction, target, masked)
-
-
-def test_token_and_patch_losses_over_two_ranks_equal_the_global_batch(tmp_path):
-    """Ranks hold different numbers of masked tokens and patches; both means stay global."""
-    logits, labels = token_case(seed=1, batch=4)
-    labels[:2] = torch.where(labels[:2] == IGNORE_INDEX, 1, labels[:2])
-    labels[-1, 0] = 3
-    masked = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]).bool()
-    inputs = {"logits": logits, "labels": labels, "prediction": torch.randn(4, 5, 6), "target": torch.rand(4, 5, 6), "masked": masked}
-    assert_ddp_matches_single_process(token_and_patch_losses, inputs, {}, tmp_path)
 
 
 def test_text_guided_keep_indices_keep_the_highest_text_patch_scores():

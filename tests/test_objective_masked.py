@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 
 import pytest
@@ -167,3 +168,13 @@ def test_example_experiments_build_and_give_finite_losses(name: str):
     for objective in module.objectives.values():
         assert torch.isfinite(objective(step)["loss"])
     assert len(module.image_views) == 2  # the full image and one patch-dropped view, shared where named alike
+
+
+@pytest.mark.slow
+def test_flip_trains_masked_then_unmasked_through_fit(tiny_overrides):
+    from vlp.run import fit
+
+    run_dir = fit(str(REPO / "experiments" / "flip50.yaml"), tiny_overrides + ["model.objectives.0.unmasked_from=0.5", "eval=[]"])
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
+        masked = [float(row["train/flip/masked"]) for row in csv.DictReader(handle) if row.get("train/flip/masked")]
+    assert masked == [1.0] * 4 + [0.0] * 4  # 8 steps; from half-way on, full images

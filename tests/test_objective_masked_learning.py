@@ -1,4 +1,5 @@
-"""MAE learns on the embedded shapes through `vlp fit`, and tools/inspect_mae.py draws its reconstructions."""
+"""MAE learns on the embedded shapes through `vlp fit`, tools/inspect_mae.py draws its reconstructions,
+and its decoder exports and reloads with the towers."""
 
 from __future__ import annotations
 
@@ -8,7 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
+
+from vlp.cli import main
+from vlp.export import load_exported
+from vlp.run import load_vlp_checkpoint
 
 from conftest import REPO
 
@@ -44,3 +50,11 @@ def test_mae_reconstruction_loss_falls_and_the_inspection_grid_is_written(tmp_pa
     )
     with Image.open(out) as grid:
         assert grid.size == (6 * 64, 3 * 64)
+
+    export = tmp_path / "export"
+    assert main(["export", "--ckpt", str(run_dir / "checkpoints" / "last.ckpt"), "--out", str(export)]) == 0
+    decoder = load_exported(export).objectives["mae"].decoder
+    state = load_vlp_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+    for name, value in decoder.state_dict().items():
+        torch.testing.assert_close(value, state[f"objectives.mae.decoder.{name}"])
+

@@ -103,3 +103,31 @@ def test_sycoca_mim_refuses_a_patch_dropped_view_and_a_bad_ratio(tmp_path: Path)
     )
     with pytest.raises(ConfigError, match="already dropped"):
         module.objectives["sycoca_mim"](Step(batch, module.encoder, module.image_views, module.text_views))
+
+
+@pytest.mark.slow
+def test_sycoca_experiment_trains_through_vlp_fit_and_its_reconstruction_loss_falls(tmp_path: Path):
+    """`vlp fit experiments/sycoca.yaml` (CoCa + TG-MIM; `fit` is the command's function), shrunk: both objectives log and TG-MIM's loss falls."""
+    import csv
+
+    from vlp.run import fit
+
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model.embed_dim=32",
+        "model.image_encoder.model_kwargs={img_size: 32, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0}",
+        "model.text_encoder.config={model_type: clip_text_model, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2}",
+        "model.objectives.0.decoder_width=32", "model.objectives.0.decoder_depth=1", "model.objectives.0.image_queries=8",
+        "model.objectives.1.decoder_width=32", "model.objectives.1.decoder_depth=1",
+        "data.train_size=512", "data.val_size=64", "data.batch_size=32", "optim.lr=2e-3", "optim.warmup_steps=5",
+        "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+        "trainer.log_every_n_steps=1", "eval=[]", f"run_dir={run_dir}",
+    ]
+    fit(str(REPO / "experiments" / "sycoca.yaml"), overrides)
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/sycoca_mim/loss")]
+    losses = [float(row["train/sycoca_mim/loss"]) for row in rows]
+    assert len(losses) == 16 and all(row["train/coca/loss"] for row in rows)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.5 * first, (first, last)
+

@@ -1,5 +1,5 @@
-"""A step gathers each view once: CLIP + FILIP + HN-NCE on 2 processes make a fixed number of all_gathers,
-and their summed loss and gradients still equal the global batch on one process."""
+"""A step gathers each view once: CLIP + FILIP + HN-NCE (and FLIP + CLIP) on 2 processes make a fixed
+number of all_gathers, and their summed loss and gradients still equal the global batch on one process."""
 
 from __future__ import annotations
 
@@ -14,21 +14,28 @@ from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import load_experiment
 from vlp.data.base import Collate
 from vlp.step import Step
+from vlp.views import patch_drop
 
 from conftest import REPO, TINY_OVERRIDES
 
 GLOBAL_BATCH = 8
-COMBINATIONS = (("clip",), ("clip", "hn_nce"), ("clip", "filip", "hn_nce"))
+COMBINATIONS = (("clip",), ("clip", "hn_nce"), ("clip", "filip", "hn_nce"), ("flip", "clip"))
 # One exchange of batch sizes per step, then one gather per view embedding (image, text),
 # shared by CLIP and HN-NCE. FILIP gathers its token embeddings and word masks per modality
 # (token count, tokens, mask: 3 each), reusing the step's batch sizes.
-EXPECTED_GATHERS = {("clip",): 1 + 2, ("clip", "hn_nce"): 1 + 2, ("clip", "filip", "hn_nce"): 1 + 2 + 2 * 3}
+# FLIP + CLIP: the masked and the full image views, and one text view read by both.
+EXPECTED_GATHERS = {("clip",): 1 + 2, ("clip", "hn_nce"): 1 + 2, ("clip", "filip", "hn_nce"): 1 + 2 + 2 * 3, ("flip", "clip"): 1 + 3}
+
+
+def first_patches(batch: int, num_patches: int, keep: int, device=None) -> torch.Tensor:
+    """A deterministic stand-in for the random patch draw, so ranks and one process drop the same patches."""
+    return torch.arange(keep, device=device).expand(batch, keep)
 
 
 def build():
     experiment = load_experiment(
         REPO / "experiments" / "default.yaml",
-        TINY_OVERRIDES + ["model.objectives=[{name: clip}, {name: filip}, {name: hn_nce}]"],
+        TINY_OVERRIDES + ["model.objectives=[{name: clip}, {name: filip}, {name: hn_nce}, {name: flip, mask_ratio: 0.5}]"],
     )
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)
@@ -67,6 +74,7 @@ def worker(rank: int, out: str, port: int) -> None:
         return original(*args, **kwargs)
 
     dist.all_gather = counting
+    patch_drop.random_keep_indices = first_patches
     try:
         module, items = build()
         half = GLOBAL_BATCH // 2
@@ -88,7 +96,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_views_are_gathered_once_per_step_and_losses_stay_exact(tmp_path: Path):
+def test_views_are_gathered_once_per_step_and_losses_stay_exact(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(patch_drop, "random_keep_indices", first_patches)
     mp.spawn(worker, args=(str(tmp_path), _free_port()), nprocs=2, join=True)
     module, items = build()
     single = run(module, items)

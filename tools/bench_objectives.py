@@ -1,10 +1,14 @@
 """Step time and peak memory of objective mixes on the same towers and batches, side by side.
 
 Each mix (CLIP, FLIP at 50% and 75% masking, CoCa, CLIP+MAE, CLIP+MLM) trains the same
-encoders on the same pre-collated batches in its own subprocess (so peak memory is per
-mix), with a plain forward/backward/AdamW loop; mixes alternate for ``--rounds`` rounds
-and medians are compared with CLIP's. A mix whose objective is not registered is skipped
-by name. Usage::
+encoders on the same batches in its own subprocess (so peak memory is per mix), with a
+plain forward/backward/AdamW loop; mixes alternate for ``--rounds`` rounds and medians are
+compared with CLIP's. A mix whose objective is not registered is skipped by name.
+
+On a GPU: wall time per step and peak allocated memory. On CPU, where these machines are
+shared, each child runs one thread and the stable measures are the process's CPU time per
+step (the work a step does) and the peak resident memory during the steps (VmHWM, reset
+after setup), next to the wall time. Usage::
 
     python tools/bench_objectives.py [experiments/default.yaml] [--steps 20] [--rounds 2] [key=value ...]
 """
@@ -13,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -48,7 +51,11 @@ def child(args: argparse.Namespace) -> None:
     from vlp.optim import build_optimizer
     from vlp.step import Step
 
-    experiment = load_experiment(args.experiment, args.overrides + [f"model.objectives={MIXES[args.mix]}"])
+    torch.set_num_threads(1)
+    steps = args.steps + args.warmup
+    probe = load_experiment(args.experiment, args.overrides)
+    size = f"data.train_size={steps * probe.data.params.get('batch_size', 128)}"  # generate only what is trained on
+    experiment = load_experiment(args.experiment, [size, *args.overrides, f"model.objectives={MIXES[args.mix]}"])
     torch.manual_seed(experiment.run.seed)
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
@@ -56,14 +63,14 @@ def child(args: argparse.Namespace) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     module.to(device).train()
     loader = iter(datamodule.train_dataloader())
-    batches = [next(loader) for _ in range(args.steps + args.warmup)]
+    batches = [next(loader) for _ in range(steps)]
     optimizer = build_optimizer(module, experiment.optim)
-    times = []
+    times, cpu_times = [], []
     for index, batch in enumerate(batches):
         batch = module.transfer_batch_to_device(batch, device, 0)
-        if index == args.warmup and device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
+        if index == args.warmup:
+            reset_peak_memory(device)
+        start, cpu_start = time.perf_counter(), time.process_time()
         step = Step(batch, module.encoder, module.image_views, module.text_views)
         loss = sum(module.weights[name] * objective(step)["loss"] for name, objective in module.objectives.items())
         optimizer.zero_grad(set_to_none=True)
@@ -74,8 +81,23 @@ def child(args: argparse.Namespace) -> None:
             torch.cuda.synchronize()
         if index >= args.warmup:
             times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"times": times, "peak_mb": peak, "device": device.type}))
+            cpu_times.append(time.process_time() - cpu_start)
+    print(json.dumps({"times": times, "cpu_times": cpu_times, "peak_mb": peak_memory(device), "device": device.type}))
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident set size (VmHWM)
+
+
+def peak_memory(device: torch.device) -> float:
+    """MiB: peak GPU memory allocated, or peak resident memory, since the reset."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 1024
 
 
 def main() -> None:
@@ -97,7 +119,7 @@ def main() -> None:
             print(f"skipping {mix}: objective(s) {missing} not registered")
         else:
             mixes.append(mix)
-    results: dict[str, dict] = {mix: {"times": [], "peak_mb": 0.0} for mix in mixes}
+    results: dict[str, dict] = {mix: {"times": [], "cpu_times": [], "peak_mb": 0.0} for mix in mixes}
     for _ in range(args.rounds):
         for mix in mixes:
             command = [sys.executable, __file__, args.experiment, *args.overrides, "--mix", mix,
@@ -105,15 +127,19 @@ def main() -> None:
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             measured = json.loads(output)
             results[mix]["times"] += measured["times"]
+            results[mix]["cpu_times"] += measured["cpu_times"]
             results[mix]["peak_mb"] = max(results[mix]["peak_mb"], measured["peak_mb"])
             results[mix]["device"] = measured["device"]
-    base = statistics.median(results["CLIP"]["times"]) if "CLIP" in results else None
-    memory = "peak GPU MiB" if any(r.get("device") == "cuda" for r in results.values()) else "peak RSS MiB"
-    print(f"{'mix':<12} {'step ms':>8} {'vs CLIP':>8} {memory:>13}")
+    gpu = any(r.get("device") == "cuda" for r in results.values())
+    key = "times" if gpu else "cpu_times"
+    base = statistics.median(results["CLIP"][key]) if "CLIP" in results else None
+    memory = "peak GPU MiB" if gpu else "peak RSS MiB"
+    measure = "step ms" if gpu else "CPU ms/step"
+    print(f"{'mix':<12} {measure:>12} {'vs CLIP':>8} {'wall ms':>9} {memory:>13}")
     for mix, result in results.items():
-        median = statistics.median(result["times"])
+        median = statistics.median(result[key])
         ratio = f"{median / base:.2f}x" if base else "-"
-        print(f"{mix:<12} {median * 1000:8.1f} {ratio:>8} {result['peak_mb']:13.0f}")
+        print(f"{mix:<12} {median * 1000:12.1f} {ratio:>8} {statistics.median(result['times']) * 1000:9.1f} {result['peak_mb']:13.0f}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,12 @@ class MultimodalTextDecoder(nn.Module):
         image_queries: int = 64,
     ) -> None:
         super().__init__()
-        self.image_pooler = AttentionalPooler(image_width, width, image_queries, heads)
+        # CoCa pools the image tokens into a fixed number of queries; 0 attends to every token (projected).
+        self.image_adapter = (
+            AttentionalPooler(image_width, width, image_queries, heads)
+            if image_queries > 0
+            else nn.Sequential(nn.LayerNorm(image_width), nn.Linear(image_width, width))
+        )
         self.text_in = nn.Linear(text_width, width) if text_width != width else nn.Identity()
         self.layers = nn.ModuleList(
             nn.TransformerDecoderLayer(
@@ -64,8 +69,8 @@ class MultimodalTextDecoder(nn.Module):
         self.lm_head = nn.Linear(width, vocab_size)
 
     def image_memory(self, image_tokens: Tensor) -> Tensor:
-        """(B, N, image_width) -> (B, image_queries, width): what the text cross-attends to."""
-        return self.image_pooler(image_tokens)
+        """(B, N, image_width) -> (B, image_queries or N, width): what the text cross-attends to."""
+        return self.image_adapter(image_tokens)
 
     def forward(self, text_states: Tensor, memory: Tensor) -> Tensor:
         """(B, L, text_width) text states and (B, Q, width) memory -> (B, L, vocab_size) logits.

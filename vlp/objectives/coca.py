@@ -28,7 +28,7 @@ class CoCa(Objective):
 
     The image embedding is one learned query attending to the image tokens (then a linear
     map into the joint space); the captioning decoder attends to ``image_queries`` learned
-    queries over the same tokens. The decoder has ``decoder_depth`` layers of width
+    queries over the same tokens (``image_queries: 0``: to every image token). The decoder has ``decoder_depth`` layers of width
     ``decoder_width``. ``label_smoothing`` smooths the caption targets (paper: 0.1).
     """
 
