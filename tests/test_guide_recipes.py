@@ -41,6 +41,8 @@ def recipe(name: str) -> tuple[str, str]:
 @pytest.fixture
 def install(tmp_path: Path, monkeypatch):
     """Write a recipe as the plugin my_lab.<module> and its YAML as an experiment; returns the YAML path."""
+    for module in [m for m in sys.modules if m == "my_lab" or m.startswith("my_lab.")]:
+        sys.modules.pop(module)  # a my_lab package imported by another test lives elsewhere
     package = tmp_path / "my_lab"
     package.mkdir()
     (package / "__init__.py").write_text("")
