@@ -79,6 +79,8 @@ class VLPModule(L.LightningModule):
         step = Step(batch, self.encoder, self.image_views, self.text_views, progress)
         total = torch.zeros((), device=batch.images.device)
         training = stage == "train"
+        if training:
+            self.objective_losses.clear()  # an objective paused by its schedule reports nothing this step
         for name, objective in self.objectives.items():
             if not _is_active(self.active.get(name, (0.0, 1.0)), progress):
                 continue
