@@ -92,7 +92,7 @@ class VLPModule(L.LightningModule):
         if self.trainer.sanity_checking or self.trainer.datamodule is None:
             return
         for name, value in self.evaluate(self.trainer.datamodule).items():
-            self.log(f"val/{name}", value, sync_dist=False)
+            self.log(f"val/{name}", value, rank_zero_only=True)  # ranks > 0 get no metrics (see evaluation.base)
 
     @torch.no_grad()
     def evaluate(self, datamodule: Any) -> dict[str, float]:

@@ -17,6 +17,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import Experiment, experiment_from_resolved, load_experiment
+from vlp.evaluation.during_fit import EvaluateOnDevice
+from vlp.parallel import check_ranks_agree, inherited_run_dir, shared_with_launched_ranks
 from vlp.registry import ConfigError
 
 
@@ -60,11 +62,16 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     the run directory is created, so a failed start leaves nothing behind.
     """
     experiment = load_experiment(experiment_path, overrides)
+    explicit = experiment.run.run_dir is not None or resume not in (None, "last")
     run_dir = Path(experiment.run.run_dir) if experiment.run.run_dir else default_run_dir(experiment)
     if resume is not None and resume != "last" and experiment.run.run_dir is None:
         run_dir = Path(resume).resolve().parent.parent
+    run_dir = inherited_run_dir() or run_dir  # a rank launched by Lightning's ``ddp`` uses its launcher's
     resume_path = resolve_resume(resume, run_dir)
-    if resume_path is None and run_dir.exists() and any(run_dir.iterdir()):
+    trainer = build_trainer(experiment.trainer, run_dir, evaluate_before=experiment.run.evaluate_before and resume_path is None)
+    check_ranks_agree(trainer, explicit)
+    launching = trainer.global_rank == 0  # ranks > 0 re-run this function: they neither check nor write
+    if launching and resume_path is None and run_dir.exists() and any(run_dir.iterdir()):
         raise ConfigError(f"Run directory {run_dir} already holds a run; continue it with --resume last or choose another run_dir=.")
 
     L.seed_everything(experiment.run.seed, workers=True, verbose=False)
@@ -73,18 +80,19 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     tokenizer_json = _stored_tokenizer(resume_path)
     module = build_module(experiment, datamodule, tokenizer_json=tokenizer_json)
 
-    trainer = build_trainer(experiment.trainer, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.resolved, sort_keys=False))
-    before = module.evaluate(datamodule) if experiment.run.evaluate_before and resume_path is None else None
+    if launching:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(experiment.resolved, sort_keys=False))
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
+    with shared_with_launched_ranks(run_dir):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path)
     train_seconds = time.perf_counter() - started
-    if trainer.global_rank != 0:
+    if not launching:
         return run_dir
-    metrics = module.evaluate(datamodule)
+    evaluated = EvaluateOnDevice.read(run_dir / "metrics.json")  # rank 0 evaluated on the training device
+    metrics, before = evaluated["metrics"], evaluated.get("before")
     extra = {"experiment": experiment.run.name, "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
-             "train_seconds": round(train_seconds, 1), "global_step": trainer.global_step}
+             "train_seconds": round(train_seconds, 1), "global_step": evaluated["global_step"]}
     if before is not None:
         extra["before"] = before
         extra["change"] = {name: value - before[name] for name, value in metrics.items() if name in before}
@@ -98,7 +106,7 @@ def fit(experiment_path: str, overrides: list[str] = (), resume: str | None = No
     return run_dir
 
 
-def build_trainer(arguments: dict[str, Any], run_dir: Path) -> L.Trainer:
+def build_trainer(arguments: dict[str, Any], run_dir: Path, evaluate_before: bool = False) -> L.Trainer:
     """Lightning's Trainer with vlp's loggers and checkpoints; a value Lightning rejects is a ConfigError.
 
     Built before the run directory exists (loggers and checkpoints create theirs lazily).
@@ -108,7 +116,8 @@ def build_trainer(arguments: dict[str, Any], run_dir: Path) -> L.Trainer:
             default_root_dir=run_dir,
             # Versioned log directories: a resumed run adds version_1, ... and never rewrites earlier logs.
             logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")],
-            callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0)],
+            callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
+                       EvaluateOnDevice(run_dir / "metrics.json", before=evaluate_before)],
             **arguments,
         )
     except (ValueError, TypeError, MisconfigurationException) as error:

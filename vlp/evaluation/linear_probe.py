@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlp.data.image_folder import LinearProbeSet
-from vlp.evaluation.base import Evaluation, EvaluationSource, embed_images
+from vlp.evaluation.base import Evaluation, EvaluationSource, embed_images, is_main_rank
 from vlp.registry import EVALUATIONS
 
 START_LOG10_C = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)
@@ -142,6 +142,8 @@ class LinearProbe(Evaluation):
     def evaluate_set(self, encoder, probe: LinearProbeSet) -> dict[str, float]:
         train_x = embed_images(encoder, probe.train_images, self.batch_size)
         test_x = embed_images(encoder, probe.test_images, self.batch_size)
+        if not is_main_rank():
+            return {}
         top1 = self.evaluate_features(train_x, probe.train_labels, test_x, probe.test_labels, len(probe.class_names))
         return {f"linearprobe/{probe.name}/top1": top1}
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vlp.evaluation.base import Evaluation, EvaluationSource, RetrievalSet, embed_images, embed_texts
+from vlp.evaluation.base import Evaluation, EvaluationSource, RetrievalSet, embed_images, embed_texts, is_main_rank
 from vlp.registry import EVALUATIONS
 
 
@@ -60,6 +60,8 @@ class Retrieval(Evaluation):
     def evaluate_set(self, encoder, retrieval_set: RetrievalSet) -> dict[str, float]:
         images = embed_images(encoder, retrieval_set.images, self.batch_size)
         texts = embed_texts(encoder, retrieval_set.texts, self.batch_size).to(images.device)
+        if not is_main_rank():
+            return {}
         pairs = torch.tensor(
             [(i, t) for i, text_ids in enumerate(retrieval_set.image_to_texts) for t in text_ids], dtype=torch.long
         )

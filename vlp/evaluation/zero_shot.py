@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.evaluation.base import Evaluation, EvaluationSource, ZeroShotTask, embed_images, embed_texts
+from vlp.evaluation.base import Evaluation, EvaluationSource, ZeroShotTask, embed_images, embed_texts, is_main_rank
 from vlp.registry import EVALUATIONS
 
 
@@ -33,6 +33,8 @@ class ZeroShotClassification(Evaluation):
     def evaluate_task(self, encoder, task: ZeroShotTask) -> dict[str, float]:
         classes = class_embeddings(encoder, task.class_names, task.templates, self.batch_size)
         images = embed_images(encoder, task.images, self.batch_size)
+        if not is_main_rank():
+            return {}
         logits = images @ classes.T
         labels = torch.as_tensor(task.labels, device=logits.device)
         return {
