@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlp.distributed import all_gather_with_grad, batch_offset, batch_sizes, rank_and_world_size
+from vlp.precision import in_float32
 
 
 def weighted_mean(values: Tensor, sample_weight: Tensor | None) -> Tensor:
@@ -27,6 +28,7 @@ def weighted_mean(values: Tensor, sample_weight: Tensor | None) -> Tensor:
     return values.sum() * (world_size / sum(batch_sizes(values.shape[0], values.device)))
 
 
+@in_float32
 def infonce_loss(
     image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, sample_weight: Tensor | None = None
 ) -> Tensor:
@@ -54,6 +56,7 @@ def _local_labels(batch_size: int, device: torch.device) -> Tensor:
     return torch.arange(batch_size, device=device) + batch_offset(batch_size, device)
 
 
+@in_float32
 def sigmoid_loss(
     image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, logit_bias: Tensor,
     sample_weight: Tensor | None = None,
@@ -89,6 +92,7 @@ def reweighted_infonce(logits: Tensor, labels: Tensor, log_weights: Tensor) -> T
     return torch.logsumexp(logits + log_weights, dim=1) - positives
 
 
+@in_float32
 def hn_nce_loss(
     image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float, beta: float,
     sample_weight: Tensor | None = None,
@@ -115,6 +119,7 @@ def hn_nce_loss(
     return weighted_mean(per_pair / 2, sample_weight)
 
 
+@in_float32
 def llave_loss(
     image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float,
     sample_weight: Tensor | None = None,
@@ -138,6 +143,7 @@ def llave_loss(
     return weighted_mean(per_pair / 2, sample_weight)
 
 
+@in_float32
 def multi_positive_infonce(
     image_embeddings: Tensor, caption_embeddings: Tensor, caption_valid: Tensor, logit_scale: Tensor,
     sample_weight: Tensor | None = None,
@@ -201,6 +207,7 @@ def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key
     return torch.cat(rows)
 
 
+@in_float32
 def filip_loss(
     image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
     chunk_size: int = 64, sample_weight: Tensor | None = None,
@@ -239,6 +246,7 @@ def _token_infonce(
     return weighted_mean(per_pair / 2, sample_weight)
 
 
+@in_float32
 def intra_modality_separation_loss(
     embeddings: Tensor, paired_embeddings: Tensor, semantic_embeddings: Tensor, logit_scale: Tensor,
     sample_weight: Tensor | None = None,
@@ -260,6 +268,7 @@ def intra_modality_separation_loss(
     return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight)
 
 
+@in_float32
 def soft_label_infonce(
     image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, negative_mass: float,
     sample_weight: Tensor | None = None,
@@ -284,6 +293,7 @@ def soft_label_infonce(
     return weighted_mean(per_pair / 2, sample_weight)
 
 
+@in_float32
 def relaxed_matching_loss(
     image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
     chunk_size: int = 64, sample_weight: Tensor | None = None,
@@ -298,6 +308,7 @@ def relaxed_matching_loss(
     return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, True)
 
 
+@in_float32
 def consistency_gates(
     image_embeddings: Tensor, raw_embeddings: Tensor, synthetic_embeddings: Tensor, running_means: Tensor,
     momentum: float, gamma: float,
