@@ -8,6 +8,7 @@ import timm
 import torch
 from torch import Tensor
 
+from vlp.encoders.memory import configure_backbone
 from vlp.encoders.towers import Tower
 from vlp.encoders.weights import load_into, read_state_dict
 from vlp.registry import IMAGE_ENCODERS, ConfigError
@@ -29,6 +30,8 @@ class TimmImageEncoder(Tower):
         model_name: str,
         model_kwargs: dict[str, Any] | None = None,
         checkpoint: str | None = None,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         kwargs = dict(model_kwargs or {})
         if not timm.is_model(model_name.split(".")[0]):
@@ -54,6 +57,7 @@ class TimmImageEncoder(Tower):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", 0)
+        configure_backbone(backbone, grad_checkpointing, compile, "image")
 
     def backbone_features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         hidden = self.backbone.forward_features((images - self.mean) / self.std)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from vlp.encoders.memory import configure_backbone
 from vlp.encoders.towers import Tower
 from vlp.registry import TEXT_ENCODERS, ConfigError
 
@@ -39,6 +40,8 @@ class TransformersTextEncoder(Tower):
         tokenizer: str | None = None,
         pooling: Pooling = "auto",
         max_length: int = 77,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         if (config is None) == (pretrained is None):
             raise ConfigError(
@@ -53,6 +56,7 @@ class TransformersTextEncoder(Tower):
         self.pooling = _resolve_pooling(pooling, backbone.config.model_type)
         self.pretrained_parts = ("backbone.",) if pretrained else ()
         _check_tokenizer_fits(self.tokenizer, backbone.config, max_length)
+        configure_backbone(backbone, grad_checkpointing, compile, "text")
 
     def tokenize(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         """Token ids and attention mask, padded to the longest text, truncated at ``max_length``."""
