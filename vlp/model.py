@@ -13,6 +13,7 @@ from vlp.batch import Batch
 from vlp.evaluation.base import Evaluation
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer, warmup_cosine
+from vlp.parallel import shard_fsdp2
 from vlp.registry import ConfigError
 from vlp.step import Step, full_image, full_text
 
@@ -63,6 +64,11 @@ class VLPModule(L.LightningModule):
         self.image_views = _collect_views({"full": full_image}, [o.image_views() for o in objectives.values()], "image")
         self.text_views = _collect_views({"full": full_text}, [o.text_views() for o in objectives.values()], "text")
         self.total_steps = 1
+
+    def configure_model(self) -> None:
+        """Under ``trainer.strategy: fsdp2`` (ModelParallelStrategy) shard with FSDP2; a no-op otherwise."""
+        if self._device_mesh is not None:
+            shard_fsdp2(self, self._device_mesh)
 
     def on_fit_start(self) -> None:
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import Experiment, experiment_from_resolved, load_experiment
 from vlp.evaluation.during_fit import EvaluateOnDevice
-from vlp.parallel import check_ranks_agree, inherited_run_dir, shared_with_launched_ranks
+from vlp.parallel import check_ranks_agree, inherited_run_dir, read_distributed_checkpoint, shared_with_launched_ranks, strategy_from_name
 from vlp.registry import ConfigError
 
 
@@ -31,7 +31,7 @@ def resolve_resume(resume: str | None, run_dir: Path) -> str | None:
     if resume is None:
         return None
     path = run_dir / "checkpoints" / "last.ckpt" if resume == "last" else Path(resume)
-    if not path.is_file():
+    if not path.exists():  # a file, or a directory of distributed checkpoint shards (FSDP2)
         raise ConfigError(f"Cannot resume: checkpoint {path} does not exist; pass an existing .ckpt or set run_dir to the run to continue.")
     return str(path)
 
@@ -118,7 +118,7 @@ def build_trainer(arguments: dict[str, Any], run_dir: Path, evaluate_before: boo
             logger=[TensorBoardLogger(run_dir, name="tensorboard"), CSVLogger(run_dir, name="csv")],
             callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0),
                        EvaluateOnDevice(run_dir / "metrics.json", before=evaluate_before)],
-            **arguments,
+            **strategy_from_name(arguments),
         )
     except (ValueError, TypeError, MisconfigurationException) as error:
         raise ConfigError(f"Lightning rejected the `trainer` section ({error}); fix the value it names.") from error
@@ -131,12 +131,15 @@ def _stored_tokenizer(checkpoint_path: str | None) -> str | None:
 def load_vlp_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``) and check that vlp wrote it."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() and (path / "meta.pt").is_file():
+        checkpoint = read_distributed_checkpoint(path)
+    elif not path.is_file():
         raise ConfigError(f"Checkpoint {path} does not exist; pass the path of a .ckpt in a run's checkpoints/ directory.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ConfigError(f"Checkpoint {path} cannot be loaded safely ({type(error).__name__}); it is corrupt or not a vlp checkpoint.") from error
+    else:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ConfigError(f"Checkpoint {path} cannot be loaded safely ({type(error).__name__}); it is corrupt or not a vlp checkpoint.") from error
     if not isinstance(checkpoint, dict) or "vlp" not in checkpoint or "state_dict" not in checkpoint:
         raise ConfigError(
             f"{path} is not a vlp checkpoint (it has no vlp config); to start from foreign weights, "
