@@ -92,3 +92,33 @@ def test_torchrun_and_ddp_spawn_fill_the_given_run_dir_once(tmp_path: Path, one_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert_one_run(tmp_path / "run")
     assert_same_run(tmp_path / "run", one_process)
+
+
+@pytest.mark.slow
+def test_fsdp2_fit_export_and_resume_from_distributed_checkpoint(tmp_path: Path, one_process):
+    """experiments/fsdp.yaml: shards per block, DCP checkpoint directory, export on one process, resume on two."""
+    from vlp.export import load_exported
+    from vlp.run import load_vlp_checkpoint
+
+    args = ["fit", str(REPO / "experiments" / "fsdp.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH // 2}",
+            "trainer.precision=32-true", "run_dir=run"]
+    vlp(*args, cwd=tmp_path)
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_dir() and (checkpoint / "meta.pt").is_file()  # one shard file per rank
+    assert len(list(checkpoint.glob("*.distcp"))) == 2
+    weights = load_vlp_checkpoint(checkpoint)["state_dict"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    expected_weights, expected_metrics = one_process
+    assert set(weights) == set(expected_weights)
+    for name, value in expected_weights.items():
+        torch.testing.assert_close(weights[name], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    assert metrics["metrics"] == pytest.approx(expected_metrics["metrics"], abs=1e-6)
+
+    vlp("export", "--ckpt", str(checkpoint), "--out", "exported", "--format", "safetensors", cwd=tmp_path)
+    exported = load_exported(tmp_path / "exported").state_dict()
+    for name, value in weights.items():
+        torch.testing.assert_close(exported[name], value, rtol=0, atol=0, msg=lambda m: f"{name}: {m}")
+
+    vlp(*args, "trainer.max_epochs=2", "--resume", "last", cwd=tmp_path)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == 2 * 128 // GLOBAL_BATCH
+    assert sorted(p.name for p in (tmp_path / "run" / "csv").iterdir()) == ["version_0", "version_1"]

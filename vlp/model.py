@@ -162,6 +162,8 @@ class VLPModule(L.LightningModule):
         self.load_state_dict(state_dict, strict=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:
+            return  # a distributed (FSDP2) checkpoint: the strategy has loaded the shards in place, strictly
         self.check_trained_state(checkpoint["state_dict"])
         self.strict_loading = False  # checked above: absent keys are exactly reloadable ones
 

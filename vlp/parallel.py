@@ -67,7 +67,14 @@ def strategy_from_name(arguments: dict[str, Any]) -> dict[str, Any]:
         return arguments
     from lightning.pytorch.strategies import ModelParallelStrategy
 
-    return {**arguments, "strategy": ModelParallelStrategy(data_parallel_size="auto", tensor_parallel_size=1)}
+    class FullyShardedDataParallel(ModelParallelStrategy):
+        """Every rank in one data-parallel group, however many devices and nodes there are."""
+
+        def setup_environment(self) -> None:
+            self._data_parallel_size, self._tensor_parallel_size = self.world_size, 1
+            super().setup_environment()
+
+    return {**arguments, "strategy": FullyShardedDataParallel(data_parallel_size="auto", tensor_parallel_size=1)}
 
 
 def shard_fsdp2(module: nn.Module, mesh: Any) -> None:
