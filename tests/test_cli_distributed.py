@@ -122,3 +122,18 @@ def test_fsdp2_fit_export_and_resume_from_distributed_checkpoint(tmp_path: Path,
     vlp(*args, "trainer.max_epochs=2", "--resume", "last", cwd=tmp_path)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["global_step"] == 2 * 128 // GLOBAL_BATCH
     assert sorted(p.name for p in (tmp_path / "run" / "csv").iterdir()) == ["version_0", "version_1"]
+
+
+def test_externally_launched_ranks_without_run_dir_are_refused(tmp_path: Path, monkeypatch):
+    """torchrun's ranks cannot agree on a timestamp: one sentence asks for run_dir, nothing is written."""
+    from vlp.registry import ConfigError
+    from vlp.run import fit
+
+    monkeypatch.chdir(tmp_path)
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+                       "TORCHELASTIC_RUN_ID": "test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="external launcher .*TorchElasticEnvironment.*pass run_dir="):
+        fit(str(REPO / "experiments" / "default.yaml"), TINY_OVERRIDES + ["trainer.strategy=ddp", "trainer.devices=2",
+                                                                          "trainer.accelerator=cpu"])
+    assert list(tmp_path.iterdir()) == []
