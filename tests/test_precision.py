@@ -88,14 +88,14 @@ class RecordDtypes(L.Callback):
         clip.forward = forward
 
 
-def test_bf16_mixed_trains_on_cpu_with_bf16_towers_and_a_float32_loss():
+def test_bf16_mixed_trains_on_cpu_with_bf16_towers_and_a_float32_loss(tmp_path):
     experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES + ["data.train_size=64"])
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)
     module = build_module(experiment, datamodule)
     before = {n: p.detach().clone() for n, p in module.named_parameters()}
     record = RecordDtypes()
-    trainer = L.Trainer(accelerator="cpu", precision="bf16-mixed", max_steps=2, logger=False, enable_checkpointing=False,
+    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", precision="bf16-mixed", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[record])
     trainer.fit(module, datamodule=datamodule)
     assert record.seen == [(torch.bfloat16, torch.float32)] * 2
