@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from tests.test_evaluation import TableEncoder
 from vlp.evaluation.base import RetrievalSet

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlp.distributed import Gathered, all_gather_with_grad, batch_sizes, gather_normalized, rank_and_world_size
+from vlp.precision import in_float32
 
 Embeddings = Tensor | Gathered  # raw embeddings, or a step's normalised and gathered view (shared)
 
@@ -42,6 +43,7 @@ def weighted_mean(values: Tensor, sample_weight: Tensor | None, sizes: tuple[int
     return values.sum() * (world_size / sum(sizes))
 
 
+@in_float32
 def infonce_loss(
     image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, sample_weight: Tensor | None = None
 ) -> Tensor:
@@ -61,6 +63,7 @@ def infonce_loss(
     return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
+@in_float32
 def sigmoid_loss(
     image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, logit_bias: Tensor,
     sample_weight: Tensor | None = None,
@@ -94,6 +97,7 @@ def reweighted_infonce(logits: Tensor, labels: Tensor, log_weights: Tensor) -> T
     return torch.logsumexp(logits + log_weights, dim=1) - positives
 
 
+@in_float32
 def hn_nce_loss(
     image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, alpha: float, beta: float,
     sample_weight: Tensor | None = None,
@@ -119,6 +123,7 @@ def hn_nce_loss(
     return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
+@in_float32
 def llave_loss(
     image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, alpha: float,
     sample_weight: Tensor | None = None,
@@ -141,6 +146,7 @@ def llave_loss(
     return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
+@in_float32
 def multi_positive_infonce(
     image_embeddings: Embeddings, caption_embeddings: Tensor, caption_valid: Tensor, logit_scale: Tensor,
     sample_weight: Tensor | None = None,
@@ -208,6 +214,7 @@ def token_wise_similarity(queries: Tensor, query_mask: Tensor, keys: Tensor, key
     return torch.cat(rows)
 
 
+@in_float32
 def filip_loss(
     image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
     chunk_size: int = 64, sample_weight: Tensor | None = None, sizes: tuple[int, ...] | None = None,
@@ -255,6 +262,7 @@ def _token_infonce(
     return weighted_mean(torch.where(has_tokens, per_pair / 2, torch.zeros_like(per_pair)), sample_weight, sizes)
 
 
+@in_float32
 def intra_modality_separation_loss(
     embeddings: Embeddings, paired_embeddings: Embeddings, semantic_embeddings: Embeddings, logit_scale: Tensor,
     sample_weight: Tensor | None = None,
@@ -275,6 +283,7 @@ def intra_modality_separation_loss(
     return weighted_mean(F.cross_entropy(logits, labels, reduction="none"), sample_weight, own.sizes)
 
 
+@in_float32
 def alignclip_loss(
     image_embeddings: Tensor, text_embeddings: Tensor, logit_scale: Tensor, alpha: float = 1.0, beta: float = 0.5,
     separate_image: bool = True, separate_text: bool = True, sample_weight: Tensor | None = None,
@@ -292,6 +301,7 @@ def alignclip_loss(
     return loss
 
 
+@in_float32
 def soft_label_infonce(
     image_embeddings: Embeddings, text_embeddings: Embeddings, logit_scale: Tensor, negative_mass: float,
     sample_weight: Tensor | None = None,
@@ -315,6 +325,7 @@ def soft_label_infonce(
     return weighted_mean(per_pair / 2, sample_weight, images.sizes)
 
 
+@in_float32
 def relaxed_matching_loss(
     image_tokens: Tensor, image_mask: Tensor, text_tokens: Tensor, text_mask: Tensor, logit_scale: Tensor,
     chunk_size: int = 64, sample_weight: Tensor | None = None, sizes: tuple[int, ...] | None = None,
@@ -329,6 +340,7 @@ def relaxed_matching_loss(
     return _token_infonce(image_tokens, image_mask, text_tokens, text_mask, logit_scale, chunk_size, sample_weight, True, sizes)
 
 
+@in_float32
 def consistency_gates(
     image_embeddings: Tensor, raw_embeddings: Tensor, synthetic_embeddings: Tensor, running_means: Tensor,
     momentum: float, gamma: float,

@@ -9,7 +9,6 @@ an ``ignore_index=pad_id`` drops every end-of-text target when pad and eos share
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor

@@ -13,6 +13,7 @@ from vlp.batch import Batch
 from vlp.evaluation.base import Evaluation
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer, warmup_cosine
+from vlp.parallel import shard_fsdp2
 from vlp.registry import ConfigError
 from vlp.step import Step, full_image, full_text
 
@@ -71,6 +72,11 @@ class VLPModule(L.LightningModule):
         self.total_steps = 1
         self.objective_losses: dict[str, Tensor] = {}
 
+    def configure_model(self) -> None:
+        """Under ``trainer.strategy: fsdp2`` (ModelParallelStrategy) shard with FSDP2; a no-op otherwise."""
+        if self._device_mesh is not None:
+            shard_fsdp2(self, self._device_mesh)
+
     def on_fit_start(self) -> None:
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
@@ -105,7 +111,7 @@ class VLPModule(L.LightningModule):
         if self.trainer.sanity_checking or self.trainer.datamodule is None:
             return
         for name, value in self.evaluate(self.trainer.datamodule).items():
-            self.log(f"val/{name}", value, sync_dist=False)
+            self.log(f"val/{name}", value, rank_zero_only=True)  # ranks > 0 get no metrics (see evaluation.base)
 
     @torch.no_grad()
     def evaluate(self, datamodule: Any) -> dict[str, float]:
@@ -189,6 +195,8 @@ class VLPModule(L.LightningModule):
         self.load_state_dict(state_dict, strict=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "state_dict" not in checkpoint:
+            return  # a distributed (FSDP2) checkpoint: the strategy has loaded the shards in place, strictly
         self.check_trained_state(checkpoint["state_dict"])
         self.strict_loading = False  # checked above: absent keys are exactly reloadable ones
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from vlp.config.checks import check_timm_kwargs
 from vlp.encoders.patch_tokens import timm_vit_patches
+from vlp.encoders.memory import configure_backbone
 from vlp.encoders.towers import Tower
 from vlp.encoders.weights import load_into, read_state_dict
 from vlp.registry import IMAGE_ENCODERS, ConfigError
@@ -31,6 +32,8 @@ class TimmImageEncoder(Tower):
         model_name: str,
         model_kwargs: dict[str, Any] | None = None,
         checkpoint: str | None = None,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         kwargs = dict(model_kwargs or {})
         if not timm.is_model(model_name.split(".")[0]):
@@ -56,6 +59,7 @@ class TimmImageEncoder(Tower):
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (0.5, 0.5, 0.5))).view(1, -1, 1, 1), persistent=False)
         self.num_prefix_tokens = getattr(backbone, "num_prefix_tokens", 0)
+        configure_backbone(backbone, grad_checkpointing, compile, "image")
         patch_embed = getattr(backbone, "patch_embed", None)
         if patch_embed is not None and getattr(patch_embed, "grid_size", None) is not None:
             self.patch_size, self.patch_grid = tuple(patch_embed.patch_size), tuple(patch_embed.grid_size)

@@ -10,6 +10,7 @@ from torch import Tensor
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from vlp.config.checks import check_transformers_config
+from vlp.encoders.memory import configure_backbone
 from vlp.encoders.towers import Tower
 from vlp.registry import TEXT_ENCODERS, ConfigError
 
@@ -40,6 +41,8 @@ class TransformersTextEncoder(Tower):
         tokenizer: str | None = None,
         pooling: Pooling = "auto",
         max_length: int = 77,
+        grad_checkpointing: bool = False,
+        compile: bool = False,
     ) -> None:
         if (config is None) == (pretrained is None):
             raise ConfigError(
@@ -54,6 +57,7 @@ class TransformersTextEncoder(Tower):
         self.pooling = _resolve_pooling(pooling, backbone.config.model_type)
         self.pretrained_parts = ("backbone.",) if pretrained else ()
         _check_tokenizer_fits(self.tokenizer, backbone.config, max_length)
+        configure_backbone(backbone, grad_checkpointing, compile, "text")
 
     @staticmethod
     def validate_params(params: dict[str, Any], path: str, where: Callable[[str], str]) -> None:

@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from torch import Tensor
 
 from vlp.data.image_folder import LinearProbeSet
-from vlp.evaluation.base import Evaluation, EvaluationSource, embed_images, progress
+from vlp.evaluation.base import Evaluation, EvaluationSource, embed_images, is_main_rank, progress
 from vlp.evaluation.classification import classification_metrics
 from vlp.registry import EVALUATIONS
 
@@ -118,6 +118,8 @@ class LinearProbe(Evaluation):
     def evaluate_set(self, encoder, probe: LinearProbeSet) -> dict[str, float]:
         train_x = embed_images(encoder, probe.train_images, self.batch_size)
         test_x = embed_images(encoder, probe.test_images, self.batch_size)
+        if not is_main_rank():
+            return {}
         return self.evaluate_features(train_x, probe.train_labels, test_x, probe.test_labels, len(probe.class_names), f"linearprobe/{probe.name}")
 
     def __call__(self, encoder, source: EvaluationSource) -> dict[str, float]:

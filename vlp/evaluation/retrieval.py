@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from vlp.evaluation.base import Evaluation, EvaluationSource, RetrievalSet, embed_images, embed_texts, progress
+from vlp.evaluation.base import Evaluation, EvaluationSource, RetrievalSet, embed_images, embed_texts, is_main_rank, progress
 from vlp.registry import EVALUATIONS, ConfigError
 
 Protocol = Literal["per_instance", "merged"]
@@ -125,6 +125,8 @@ class Retrieval(Evaluation):
     def evaluate_set(self, encoder, retrieval_set: RetrievalSet) -> dict[str, float]:
         images = embed_images(encoder, retrieval_set.images, self.batch_size)
         texts = embed_texts(encoder, retrieval_set.texts, self.batch_size).to(images.device)
+        if not is_main_rank():
+            return {}
         results: dict[str, float] = {}
         for protocol in self.protocols:
             results.update(self.scores(images, texts, retrieval_set, protocol))

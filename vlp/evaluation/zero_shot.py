@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlp.evaluation.base import Evaluation, EvaluationSource, ZeroShotTask, embed_images, embed_texts, progress
+from vlp.evaluation.base import Evaluation, EvaluationSource, ZeroShotTask, embed_images, embed_texts, is_main_rank, progress
 from vlp.evaluation.classification import classification_metrics
 from vlp.registry import EVALUATIONS, ConfigError
 
@@ -128,9 +128,12 @@ class ZeroShotClassification(Evaluation):
         return results
 
     def evaluate_task(self, encoder, task: ZeroShotTask) -> dict[str, float]:
+        logits = self.logits(encoder, task)  # every rank embeds its share; rank 0 scores
+        if not is_main_rank():
+            return {}
         results: dict[str, float] = {}
-        for method, logits in self.logits(encoder, task).items():
-            results.update(classification_metrics(logits, task.labels, f"zeroshot/{task.name}/{method}".rstrip("/"), self.ks))
+        for method, values in logits.items():
+            results.update(classification_metrics(values, task.labels, f"zeroshot/{task.name}/{method}".rstrip("/"), self.ks))
         return results
 
     def __call__(self, encoder, source: EvaluationSource) -> dict[str, float]:
