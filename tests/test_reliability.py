@@ -51,10 +51,14 @@ def test_logit_scale_has_its_exp_gradient_at_and_above_the_bound(above: float):
 
 
 def _objectives_with_a_logit_scale() -> dict[str, torch.nn.Module]:
+    """Every registered objective buildable without a model or files (those needing a decoder's sizes or a teacher are not)."""
     built = {}
     for name in OBJECTIVES.names():
         cls = OBJECTIVES.get(name)
-        objective = cls(**({"embed_dim": 32} if "embed_dim" in inspect.signature(cls.__init__).parameters else {}))
+        try:
+            objective = cls(**({"embed_dim": 32} if "embed_dim" in inspect.signature(cls.__init__).parameters else {}))
+        except (TypeError, ConfigError):
+            continue
         if any(isinstance(m, LogitScale) for m in objective.modules()):
             built[name] = objective
     return built
@@ -62,7 +66,7 @@ def _objectives_with_a_logit_scale() -> dict[str, torch.nn.Module]:
 
 def test_every_objectives_logit_scale_is_bounded_after_the_step_and_can_move_back_down():
     objectives = torch.nn.ModuleDict(_objectives_with_a_logit_scale())
-    assert {"clip", "filip", "hn_nce", "multi_positive"} <= set(objectives)
+    assert {"clip", "filip", "hn_nce", "multi_positive", "long_clip", "mobileclip_distillation"} <= set(objectives)
     scales = [m for m in objectives.modules() if isinstance(m, LogitScale)]
     with torch.no_grad():
         for scale in scales:
