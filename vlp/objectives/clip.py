@@ -10,6 +10,7 @@ from vlp.objectives.base import Objective
 from vlp.objectives.temperature import LogitScale
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
+from vlp.tiled import check_tile_size, tiled_infonce_loss
 
 
 @OBJECTIVES.register("clip")
@@ -19,6 +20,8 @@ class CLIPContrastive(Objective):
     The logit scale is stored as a log and initialised at ``1/init_temperature``
     (CLIP: 1/0.07); it is clamped to at most ``max_logit_scale`` (CLIP: 100).
     ``init_from`` reads it instead from a pretrained CLIPModel directory or open_clip file.
+    ``tile_size`` computes the same loss in tiles of that many rows and columns
+    (``vlp.tiled``), so memory no longer grows with the square of the global batch.
     """
 
     def __init__(
@@ -27,12 +30,18 @@ class CLIPContrastive(Objective):
         max_logit_scale: float = 100.0,
         learn_temperature: bool = True,
         init_from: str | None = None,
+        tile_size: int | None = None,
     ) -> None:
         super().__init__()
+        self.tile_size = check_tile_size(tile_size)
         pretrained = read_scales(init_from).log_logit_scale if init_from else None
         self.logit_scale = LogitScale(init_temperature, max_logit_scale, learn_temperature, pretrained)
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.logit_scale()
-        loss = infonce_loss(step.image().embedding, step.text().embedding, scale, step.batch.extras.get("sample_weight"))
+        images, texts, weight = step.image().embedding, step.text().embedding, step.batch.extras.get("sample_weight")
+        if self.tile_size:
+            loss = tiled_infonce_loss(images, texts, scale, self.tile_size, weight)
+        else:
+            loss = infonce_loss(images, texts, scale, weight)
         return {"loss": loss, "logit_scale": scale.detach()}

@@ -12,6 +12,7 @@ from vlp.functional import sigmoid_loss
 from vlp.objectives.base import Objective
 from vlp.registry import OBJECTIVES
 from vlp.step import Step
+from vlp.tiled import check_tile_size, tiled_sigmoid_loss
 
 
 @OBJECTIVES.register("siglip")
@@ -20,10 +21,15 @@ class SigLIP(Objective):
 
     The paper initialises t' = log 10 and b = -10 so the many negatives start with a
     small loss. Optional ``sample_weight`` in the batch extras scales each image's row.
+    ``tile_size`` computes the same loss tile by tile with a recomputing backward (``vlp.tiled``).
     """
 
-    def __init__(self, init_log_scale: float = math.log(10.0), init_bias: float = -10.0, init_from: str | None = None) -> None:
+    def __init__(
+        self, init_log_scale: float = math.log(10.0), init_bias: float = -10.0, init_from: str | None = None,
+        tile_size: int | None = None,
+    ) -> None:
         super().__init__()
+        self.tile_size = check_tile_size(tile_size)
         if init_from is not None:  # a pretrained SiglipModel directory or open_clip file
             scales = read_scales(init_from, need_bias=True)
             init_log_scale, init_bias = scales.log_logit_scale, scales.logit_bias
@@ -32,8 +38,9 @@ class SigLIP(Objective):
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         scale = self.log_logit_scale.exp()
-        loss = sigmoid_loss(
-            step.image().embedding, step.text().embedding, scale, self.logit_bias,
-            step.batch.extras.get("sample_weight"),
-        )
+        images, texts, weight = step.image().embedding, step.text().embedding, step.batch.extras.get("sample_weight")
+        if self.tile_size:
+            loss = tiled_sigmoid_loss(images, texts, scale, self.logit_bias, self.tile_size, weight)
+        else:
+            loss = sigmoid_loss(images, texts, scale, self.logit_bias, weight)
         return {"loss": loss, "logit_scale": scale.detach(), "logit_bias": self.logit_bias.detach()}
