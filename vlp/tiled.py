@@ -5,12 +5,14 @@ pass, so memory grows with the square of the global batch (~17 GB at 65,536). He
 forward reduces each row over column tiles (log-sum-exp for InfoNCE, sum of log-sigmoids
 for SigLIP) and the backward recomputes every tile from the saved features, as in Inf-CL
 (Cheng et al., 2024). Peak extra memory is a few tile x tile blocks; the price is one
-more matrix product per tile in the backward. Values and gradients (features, logit
-scale, bias, sample weights) equal ``vlp.functional.infonce_loss`` / ``sigmoid_loss``.
+more matrix product per tile in the backward (InfoNCE wins it back: one block of logits
+serves both directions). Values and gradients (features, logit scale, bias, sample
+weights) equal ``vlp.functional.infonce_loss`` / ``sigmoid_loss``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterator
 
 import torch
@@ -39,38 +41,48 @@ def _compute_dtype(tensor: Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
-class _RowLogSumExp(torch.autograd.Function):
-    """lse_i = log sum_j exp(scale * q_i . k_j), one (tile x tile) block of logits at a time.
+class _BothWayLogSumExp(torch.autograd.Function):
+    """Row and column log-sum-exps of S = scale * Q K^T, one (tile x tile) block of S at a time.
 
-    Backward: with p_ij = exp(scale q_i.k_j - lse_i) and upstream g_i, dq_i = scale sum_j
-    g_i p_ij k_j, dk_j = scale sum_i g_i p_ij q_i, dscale = sum_ij g_i p_ij q_i.k_j.
+    One block serves both directions of InfoNCE: its rows reduce into image-to-text, its
+    columns into text-to-image. Backward: with p = exp(S - row_lse) (rows sum to 1),
+    p' = exp(S - col_lse) (columns sum to 1) and upstream g (rows), h (columns), the
+    gradient of S is W = g_i p_ij + h_j p'_ij, so dQ = scale W K, dK = scale W^T Q and
+    dscale = sum W_ij q_i.k_j.
     """
 
     @staticmethod
-    def forward(ctx, queries: Tensor, keys: Tensor, scale: Tensor, tile_size: int) -> Tensor:
+    def forward(ctx, queries: Tensor, keys: Tensor, scale: Tensor, tile_size: int) -> tuple[Tensor, Tensor]:
         dtype = _compute_dtype(queries)
         q, k, s = queries.to(dtype), keys.to(dtype), scale.to(dtype)
-        lse = torch.empty(q.shape[0], dtype=dtype, device=q.device)
+        row_lse = torch.full((q.shape[0],), -math.inf, dtype=dtype, device=q.device)
+        col_lse = torch.full((k.shape[0],), -math.inf, dtype=dtype, device=q.device)
         with torch.autocast(q.device.type, enabled=False):
             for rows in _tiles(q.shape[0], tile_size):
-                parts = [torch.logsumexp(s * q[rows] @ k[cols].T, dim=1) for cols in _tiles(k.shape[0], tile_size)]
-                lse[rows] = torch.logsumexp(torch.stack(parts, dim=1), dim=1)
-        ctx.save_for_backward(queries, keys, scale, lse)
+                for cols in _tiles(k.shape[0], tile_size):
+                    logits = (s * q[rows]) @ k[cols].T
+                    row_lse[rows] = torch.logaddexp(row_lse[rows], torch.logsumexp(logits, dim=1))
+                    col_lse[cols] = torch.logaddexp(col_lse[cols], torch.logsumexp(logits, dim=0))
+        ctx.save_for_backward(queries, keys, scale, row_lse, col_lse)
         ctx.tile_size = tile_size
-        return lse
+        return row_lse, col_lse
 
     @staticmethod
-    def backward(ctx, grad_lse: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        queries, keys, scale, lse = ctx.saved_tensors
-        dtype = lse.dtype
-        q, k, s, g = queries.to(dtype), keys.to(dtype), scale.to(dtype), grad_lse.to(dtype)
+    def backward(ctx, grad_rows: Tensor, grad_cols: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
+        queries, keys, scale, row_lse, col_lse = ctx.saved_tensors
+        dtype = row_lse.dtype
+        q, k, s = queries.to(dtype), keys.to(dtype), scale.to(dtype)
+        g = torch.zeros_like(row_lse) if grad_rows is None else grad_rows.to(dtype)
+        h = torch.zeros_like(col_lse) if grad_cols is None else grad_cols.to(dtype)
         grad_q, grad_k = torch.zeros_like(q), torch.zeros_like(k)
         grad_s = torch.zeros((), dtype=dtype, device=q.device)
         with torch.autocast(q.device.type, enabled=False):
             for rows in _tiles(q.shape[0], ctx.tile_size):
                 for cols in _tiles(k.shape[0], ctx.tile_size):
                     dots = q[rows] @ k[cols].T
-                    weights = torch.exp(s * dots - lse[rows, None]).mul_(g[rows, None])  # g_i p_ij
+                    logits = s * dots
+                    weights = torch.exp(logits - row_lse[rows, None]).mul_(g[rows, None])
+                    weights += torch.exp(logits.sub_(col_lse[None, cols])).mul_(h[None, cols])
                     grad_q[rows] += weights @ k[cols]
                     grad_k[cols] += weights.T @ q[rows]
                     grad_s += (weights * dots).sum()
@@ -126,9 +138,10 @@ def _signs(rows: slice, cols: slice, offset: int, dtype: torch.dtype, device: to
     return torch.where(row_index == col_index, 1.0, -1.0).to(dtype)
 
 
-def row_logsumexp(queries: Tensor, keys: Tensor, scale: Tensor, tile_size: int) -> Tensor:
-    """log sum_j exp(scale q_i.k_j) for every row i, without the (Q, K) matrix."""
-    return _RowLogSumExp.apply(queries, keys, scale, tile_size)
+def both_way_logsumexp(queries: Tensor, keys: Tensor, scale: Tensor, tile_size: int) -> tuple[Tensor, Tensor]:
+    """log sum_j exp(scale q_i.k_j) for every row i and log sum_i exp(scale q_i.k_j) for every
+    column j, without the (Q, K) matrix."""
+    return _BothWayLogSumExp.apply(queries, keys, scale, tile_size)
 
 
 def row_logsigmoid_sum(queries: Tensor, keys: Tensor, scale: Tensor, bias: Tensor, offset: int, tile_size: int) -> Tensor:
@@ -147,11 +160,17 @@ def tiled_infonce_loss(
 ) -> Tensor:
     """``infonce_loss`` with tiles: per pair, (lse_i2t + lse_t2i) / 2 - scale x_i.y_i, global batch.
 
-    Each rank's rows meet every rank's (gathered) columns, as in the dense version.
+    Each rank scores its images against every rank's texts once: rows give its images'
+    image-to-text log-sum-exps, columns give every text's partial text-to-image
+    log-sum-exp over this rank's images; ranks combine the partials (a gather of N
+    numbers each, with gradients) and keep their own texts'. So a rank computes
+    B_local x N logits, half of what scoring each direction separately would.
     """
     images, texts = _unit_rows(image_embeddings), _unit_rows(text_embeddings)
-    image_to_text = row_logsumexp(images, all_gather_with_grad(texts), logit_scale, tile_size)
-    text_to_image = row_logsumexp(texts, all_gather_with_grad(images), logit_scale, tile_size)
+    image_to_text, partial_text_to_image = both_way_logsumexp(images, all_gather_with_grad(texts), logit_scale, tile_size)
+    offset = batch_offset(texts.shape[0], texts.device)
+    every_rank = all_gather_with_grad(partial_text_to_image[None])  # (world size, N)
+    text_to_image = torch.logsumexp(every_rank, dim=0)[offset : offset + texts.shape[0]]
     positives = logit_scale * (images * texts).sum(dim=1)
     per_pair = (image_to_text + text_to_image) / 2 - positives
     return weighted_mean(per_pair, sample_weight)
