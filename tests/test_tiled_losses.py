@@ -153,7 +153,7 @@ def built(experiment: str, overrides: list[str]):
     loaded = load_experiment(REPO / "experiments" / experiment, TINY_OVERRIDES + ["data.train_size=32", "data.batch_size=16", *overrides])
     datamodule = build_datamodule(loaded)
     datamodule.setup("fit")
-    return build_module(loaded, datamodule), next(iter(datamodule.train_dataloader()))
+    return build_module(loaded, datamodule), datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
 
 
 @pytest.mark.parametrize("experiment", ["default.yaml", "siglip.yaml"])

@@ -17,7 +17,7 @@ import webdataset as wds
 
 from vlp.data.decode import clean_captions, open_image
 from vlp.data.quality import BAD_RECORD, MISSING_IMAGE, SHARD_READ_ERROR, BadSample, Skipped
-from vlp.data.transforms import Transform
+from vlp.data.transforms import ImageTransform
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
@@ -41,7 +41,7 @@ def captions_of(sample: dict[str, Any]) -> list[str]:
 class Decode:
     """Raw shard sample -> ``(image, captions, {"key": key})`` or a :class:`Skipped` marker."""
 
-    def __init__(self, transform: Transform) -> None:
+    def __init__(self, transform: ImageTransform) -> None:
         self.transform = transform
 
     def __call__(self, sample: dict[str, Any] | Skipped) -> tuple | Skipped:
@@ -53,7 +53,7 @@ class Decode:
             if name is None:
                 raise BadSample(MISSING_IMAGE, key)
             captions = captions_of(sample)
-            image = open_image(sample[name])
+            image = open_image(sample[name], self.transform.decode_short_side)
         except BadSample as bad:
             return Skipped(bad.cause, key)
         return self.transform(image), captions, {"key": key}
@@ -101,7 +101,7 @@ def full_batches(source: Iterable[Any], size: int, collate: Callable[[list], Any
         yield collate(items)
 
 
-def sample_stream(urls: list[str], transform: Transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True) -> wds.DataPipeline:
+def sample_stream(urls: list[str], transform: ImageTransform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True) -> wds.DataPipeline:
     """Decoded samples (and markers) of one source, split across nodes and workers.
 
     Resampled: each worker draws shards with replacement forever (its own seed).

@@ -97,14 +97,14 @@ class WebDatasetDataModule(FileDataModule):
     def _collate(self, train: bool) -> Collate:
         if self.tokenize is None:
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
-        return Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed)
+        return Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed, keep_uint8=True)
 
     def _stream_loader(self, pipeline: wds.DataPipeline, batches_per_rank: int) -> DataLoader:
         pipeline = pipeline.with_length(batches_per_rank, silent=True)
         return DataLoader(pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        transform = image_transform(self.config, train=True)
+        transform = image_transform(self.config, train=True, dtype=torch.uint8)
         streams = [sample_stream(urls, transform, self.resampled, self.shuffle_buffer, self.seed + i) for i, urls in enumerate(self.sources)]
         stream = streams[0] if len(streams) == 1 else wds.RandomMix(streams, probs=self.weights)
         world, workers = pytorch_worker_info()[1], max(1, self.num_workers)
