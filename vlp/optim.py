@@ -9,6 +9,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from vlp.registry import ConfigError
+
 NO_DECAY_NAME_PARTS = ("pos_embed", "cls_token", "reg_token", "embeddings", "logit_scale", "logit_bias", "temperature")
 
 
@@ -25,6 +27,14 @@ class OptimConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
+    # > 1: each batch's gradient is computed in this many micro-batches, exactly (vlp.grad_cache).
+    grad_cache_micro_batches: int = 1
+
+    def __post_init__(self) -> None:
+        if self.grad_cache_micro_batches < 1:
+            raise ConfigError(
+                f"optim.grad_cache_micro_batches must be 1 (off) or more micro-batches per batch, got {self.grad_cache_micro_batches}."
+            )
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
