@@ -108,3 +108,38 @@ def _experiment_and_data(overrides: list[str]):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     return experiment, datamodule
+
+
+@pytest.mark.slow
+def test_grad_cache_under_ddp_two_processes_equals_the_single_process_global_batch(tmp_path: Path):
+    """2 ranks x 2 micro-batches of 2: DDP-averaged gradients equal one process on all 8 samples."""
+    import copy
+
+    import lightning as L
+
+    from test_ddp_equivalence import GLOBAL_BATCH, FixedData, RecordGradients, _dataset
+    from vlp.data.base import Collate
+
+    experiment = load_experiment(REPO / "experiments" / "default.yaml",
+                                 TINY_OVERRIDES + ["optim.name=sgd", "optim.warmup_steps=0", "optim.grad_cache_micro_batches=2"])
+    torch.manual_seed(0)
+    datamodule = build_datamodule(experiment)
+    module = build_module(experiment, datamodule)
+    dataset = _dataset(datamodule)
+    reference = copy.deepcopy(module)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[RecordGradients(str(tmp_path))], num_sanity_val_steps=0, limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=FixedData(dataset, module.encoder.text_tower.tokenize, GLOBAL_BATCH // 2))
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    batch = Collate(reference.encoder.text_tower.tokenize, sample_caption=False)([dataset[i] for i in range(GLOBAL_BATCH)])
+    reference.train()
+    loss = reference._objective_losses(batch, "train")
+    loss.backward()
+    torch.testing.assert_close((ranks[0]["loss"] + ranks[1]["loss"]) / 2, loss.detach(), rtol=1e-5, atol=1e-6)
+    expected = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    assert set(ranks[0]["grads"]) == set(expected)
+    for name, grad in expected.items():
+        torch.testing.assert_close(ranks[0]["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
