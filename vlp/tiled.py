@@ -86,7 +86,7 @@ class _BothWayLogSumExp(torch.autograd.Function):
                     grad_q[rows] += weights @ k[cols]
                     grad_k[cols] += weights.T @ q[rows]
                     grad_s += (weights * dots).sum()
-        return (s * grad_q).to(queries.dtype), (s * grad_k).to(keys.dtype), grad_s.to(scale.dtype), None
+        return grad_q.mul_(s).to(queries.dtype), grad_k.mul_(s).to(keys.dtype), grad_s.to(scale.dtype), None
 
 
 class _RowLogSigmoidSum(torch.autograd.Function):
@@ -128,7 +128,7 @@ class _RowLogSigmoidSum(torch.autograd.Function):
                     grad_k[cols] += weights.T @ q[rows]
                     grad_s += (weights * dots).sum()
                     grad_b += weights.sum()
-        return (s * grad_q).to(queries.dtype), (s * grad_k).to(keys.dtype), grad_s.to(scale.dtype), grad_b.to(bias.dtype), None, None
+        return grad_q.mul_(s).to(queries.dtype), grad_k.mul_(s).to(keys.dtype), grad_s.to(scale.dtype), grad_b.to(bias.dtype), None, None
 
 
 def _signs(rows: slice, cols: slice, offset: int, dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -32,8 +32,9 @@ TRAIN_CROP_RATIO = (3 / 4, 4 / 3)  # timm's default aspect-ratio range of the ra
 # A draft-decoded JPEG keeps at least this many times the pixels (per side) that the resize
 # needs, so the resize still downsamples by 2x or more. The result is not bit-identical to a
 # full decode (libjpeg's scaled IDCT acts as a slightly different antialiasing filter): on
-# scikit-learn's photos the mean absolute difference is 1-2 grey levels of 255, the 99th
-# percentile 9-14 (tests/test_data_throughput.py bounds the mean at 2.5).
+# scikit-learn's photos the mean absolute difference is 0.3-4 grey levels of 255 (the 99th
+# percentile 9-14 at 1-2 mean; tests/test_data_throughput.py bounds the mean at 2.5 for
+# the 640 x 427 originals, tools/bench_data.py prints it for a large photo).
 # ``image_transform(..., draft_margin=None)`` always decodes in full.
 DRAFT_MARGIN = 2.0
 
