@@ -35,7 +35,7 @@ def prepare(experiment_path: str, overrides: list[str], steps: int):
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
     loader = iter(datamodule.train_dataloader())
-    batches = [next(loader) for _ in range(steps)]
+    batches = [datamodule.on_after_batch_transfer(next(loader), 0) for _ in range(steps)]  # uint8 images -> [0, 1]
     return experiment, module, batches
 
 

@@ -2,12 +2,22 @@
 
     python tools/bench_data.py --images 512 --size 256     # generated JPEGs, in a temporary folder
 
-One run prints all three numbers and the 1 -> 2 worker scaling; nothing is asserted.
+The plain loops run in this process: ``plain_pil_float`` is the old baseline (full decode,
+float transform); ``plain_pil`` does what a loader worker does per sample (uint8 pixels,
+draft decoding of large JPEGs). The shard loops run the training loader of
+:class:`WebDatasetDataModule`. Besides samples/s (wall clock), each line gives CPU
+milliseconds per sample over every process involved (main and workers), which a busy
+shared machine disturbs much less. The last lines give the ratios and how many workers
+would feed a given rate (``--target``, e.g. a ViT-B/16 at 4,000 images/s) at the measured
+per-worker rate. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import math
+import resource
 import sys
 import tempfile
 import time
@@ -20,6 +30,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_shards  # noqa: E402
 
+from vlp.data.decode import open_image  # noqa: E402
 from vlp.data.transforms import data_config, image_transform  # noqa: E402
 from vlp.data.web_shards import WebDatasetDataModule  # noqa: E402
 
@@ -35,24 +46,69 @@ def write_images(folder: Path, count: int, size: int) -> Path:
     return folder / "train.csv"
 
 
-def plain_loop(folder: Path, count: int, image_size: int) -> float:
-    """The baseline: open, decode and transform each file in one process."""
-    transform = image_transform(data_config(image_size), train=True)
-    started = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process plus its finished (joined) child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def plain_float_loop(folder: Path, count: int, image_size: int) -> int:
+    """The old baseline: open, decode in full and transform to floats, in one process."""
+    transform = image_transform(data_config(image_size), train=True, draft_margin=None)
     for i in range(count):
         transform(Image.open(folder / f"{i}.jpg").convert("RGB"))
-    return count / (time.perf_counter() - started)
+    return count
 
 
-def shard_loop(pattern: str, count: int, image_size: int, workers: int) -> float:
+def plain_loop(folder: Path, count: int, image_size: int) -> int:
+    """A worker's per-sample work without the pipeline: decode (draft when large), uint8 transform."""
+    transform = image_transform(data_config(image_size), train=True, dtype=torch.uint8)
+    for i in range(count):
+        transform(open_image(str(folder / f"{i}.jpg"), transform.decode_short_side))
+    return count
+
+
+def draft_effect(short_side: int, image_size: int, repeats: int = 20) -> tuple[float, float, float]:
+    """(full-decode ms, draft-decode ms, mean |difference| in grey levels) for one real photo.
+
+    scikit-learn's china.jpg upscaled to ``short_side`` and re-encoded (quality 90), then
+    opened and transformed for training at ``image_size``, with and without draft decoding.
+    """
+    from sklearn.datasets import load_sample_images
+
+    photo = Image.fromarray(load_sample_images().images[0])
+    photo = photo.resize((round(photo.width * short_side / photo.height), short_side), Image.BICUBIC)
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=90)
+    raw = buffer.getvalue()
+    transform = image_transform(data_config(image_size), train=False, dtype=torch.uint8)
+    outputs, times = [], []
+    for side in (None, transform.decode_short_side):
+        started = time.process_time()
+        for _ in range(repeats):
+            out = transform(open_image(raw, side))
+        times.append(1000 * (time.process_time() - started) / repeats)
+        outputs.append(out.float())
+    return times[0], times[1], (outputs[0] - outputs[1]).abs().mean().item()
+
+
+def shard_loop(pattern: str, count: int, image_size: int, workers: int) -> int:
     dm = WebDatasetDataModule(train=[pattern], epoch_samples=count, image_size=image_size, batch_size=32, num_workers=workers, shuffle_buffer=100)
     dm.attach_tokenizer(lambda texts: (torch.zeros(len(texts), 1, dtype=torch.long),) * 2)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    started, seen = time.perf_counter(), 0
+    seen = 0
     for batch in loader:
-        seen += len(batch)
-    return seen / (time.perf_counter() - started)
+        seen += len(batch)  # uint8 images: the division by 255 happens on the accelerator, after transfer
+    del loader  # joins the workers, so their CPU time is counted
+    return seen
+
+
+def timed(run, *args) -> tuple[float, float]:
+    """(samples/s, CPU ms per sample) of one loop."""
+    started, cpu = time.perf_counter(), cpu_seconds()
+    seen = run(*args)
+    return seen / (time.perf_counter() - started), 1000 * (cpu_seconds() - cpu) / seen
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -60,19 +116,34 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--size", type=int, default=256, help="short side of the generated images")
     parser.add_argument("--image-size", type=int, default=224, help="encoder input size")
+    parser.add_argument("--draft-side", type=int, default=1344, help="short side of the photo for the draft-decoding line")
+    parser.add_argument("--target", type=float, default=4000.0, help="samples/s to feed (ViT-B/16 training on one H100: ~4,000)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    torch.set_num_threads(1)  # as in a DataLoader worker: one thread per process, so CPU times compare
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         csv = write_images(folder, args.images, args.size)
         make_shards.main(["--format", "csv", "--annotations", str(csv), "--root", tmp, "--output", f"{tmp}/shards", "--shard-size", str(max(1, args.images // 8)), "--quiet"])
         pattern = f"{tmp}/shards/shard-{{000000..{len(list((folder / 'shards').glob('*.tar'))) - 1:06d}}}.tar"
-        results = {"plain_pil": plain_loop(folder, args.images, args.image_size)}
+        measured = {"plain_pil_float": timed(plain_float_loop, folder, args.images, args.image_size),
+                    "plain_pil": timed(plain_loop, folder, args.images, args.image_size)}
         for workers in (1, 2):
-            results[f"shards_{workers}_worker"] = shard_loop(pattern, args.images, args.image_size, workers)
-    for name, value in results.items():
-        print(f"{name:>16}: {value:8.1f} samples/s")
-    print(f"shards (1 worker) / plain PIL: {results['shards_1_worker'] / results['plain_pil']:.2f}x; "
-          f"2 workers / 1 worker: {results['shards_2_worker'] / results['shards_1_worker']:.2f}x")
+            measured[f"shards_{workers}_worker"] = timed(shard_loop, pattern, args.images, args.image_size, workers)
+    print(f"{args.images} JPEGs, short side {args.size} -> {args.image_size} px")
+    for name, (rate, cpu_ms) in measured.items():
+        print(f"{name:>16}: {rate:8.1f} samples/s {cpu_ms:8.2f} CPU ms/sample")
+    results = {name: rate for name, (rate, _) in measured.items()}
+    cpu = {name: cpu_ms for name, (_, cpu_ms) in measured.items()}
+    per_worker = 1000 / cpu["shards_1_worker"]  # samples/s one fully busy worker sustains
+    print(f"shards (1 worker) / plain PIL: {results['shards_1_worker'] / results['plain_pil']:.2f}x wall clock, "
+          f"{cpu['plain_pil'] / cpu['shards_1_worker']:.2f}x by CPU time; 2 workers / 1 worker: "
+          f"{results['shards_2_worker'] / results['shards_1_worker']:.2f}x; "
+          f"vs the old float baseline: {cpu['plain_pil_float'] / cpu['shards_1_worker']:.2f}x by CPU time")
+    print(f"workers (one core each) to feed {args.target:.0f} samples/s at {per_worker:.0f} samples/s per worker: "
+          f"{math.ceil(args.target / per_worker)}")
+    full_ms, draft_ms, difference = draft_effect(args.draft_side, args.image_size)
+    print(f"draft decoding, a {args.draft_side}-px photo to {args.image_size} px: {full_ms:.1f} -> {draft_ms:.1f} CPU ms "
+          f"({full_ms / draft_ms:.1f}x), mean difference {difference:.2f} grey levels of 255")
     return results
 
 

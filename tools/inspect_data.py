@@ -31,14 +31,14 @@ def histogram(lengths: list[int], bins: tuple[int, ...] = (0, 5, 10, 20, 40, 77,
 
 
 def grid(images: torch.Tensor, captions: list[str], cell: int = 160) -> Image.Image:
-    """Images (N, 3, H, W) in [0, 1] in a square grid, each with its caption wrapped underneath."""
+    """Images (N, 3, H, W), uint8 or floats in [0, 1], in a square grid, each with its caption wrapped underneath."""
     columns = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     canvas = Image.new("RGB", (columns * cell, rows * (cell + 48)), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (image, caption) in enumerate(zip(images, captions)):
         x, y = (i % columns) * cell, (i // columns) * (cell + 48)
-        pixels = (image.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+        pixels = (image if image.dtype == torch.uint8 else (image.clamp(0, 1) * 255).byte()).permute(1, 2, 0).numpy()
         canvas.paste(Image.fromarray(pixels).resize((cell - 8, cell - 8)), (x + 4, y + 4))
         draw.multiline_text((x + 4, y + cell), "\n".join(textwrap.wrap(caption, 28)[:3]), fill="black")
     return canvas

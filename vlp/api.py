@@ -9,19 +9,19 @@ the training data need not be present. ``model.encode_image(preprocess(pil)[None
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from PIL import Image
 
-from vlp.data.transforms import Transform, data_config, image_transform
+from vlp.data.transforms import data_config, image_transform
 from vlp.model import DualEncoder
 from vlp.registry import ConfigError
 
 DEFAULT_IMAGE_SIZE = 224
 
 
-def load(path: str | Path, device: str | torch.device | None = None) -> tuple[DualEncoder, Transform, Any]:
+def load(path: str | Path, device: str | torch.device | None = None) -> tuple[DualEncoder, Callable[[Image.Image], torch.Tensor], Any]:
     """The dual encoder (eval mode, adapters merged), a PIL-image preprocess and the text tokenizer.
 
     ``device`` defaults to CUDA when available. ``preprocess`` resizes and centre-crops to
@@ -43,7 +43,7 @@ def load(path: str | Path, device: str | torch.device | None = None) -> tuple[Du
     return encoder, preprocess_for(config), encoder.text_tower.tokenizer
 
 
-def preprocess_for(config: dict) -> Transform:
+def preprocess_for(config: dict) -> Callable[[Image.Image], torch.Tensor]:
     """The evaluation transform of the model's training data: its image size, the timm tower's interpolation and crop."""
     data, image = config.get("data", {}), config["model"]["image_encoder"]
     kwargs = image.get("model_kwargs") or {}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from vlp.batch import Batch
 from vlp.evaluation.base import Evaluation
+from vlp.grad_cache import grad_cache_training_step
 from vlp.objectives.base import Objective
 from vlp.optim import OptimConfig, build_optimizer, warmup_cosine
 from vlp.parallel import shard_fsdp2
@@ -80,9 +81,9 @@ class VLPModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.total_steps = max(1, int(self.trainer.estimated_stepping_batches))
 
-    def _objective_losses(self, batch: Batch, stage: str) -> Tensor:
+    def _objective_losses(self, batch: Batch, stage: str, make_step: Callable[..., Step] = Step) -> Tensor:
         progress = min(1.0, self.global_step / self.total_steps)
-        step = Step(batch, self.encoder, self.image_views, self.text_views, progress)
+        step = make_step(batch, self.encoder, self.image_views, self.text_views, progress)
         total = torch.zeros((), device=batch.images.device)
         training = stage == "train"
         if training:
@@ -102,6 +103,8 @@ class VLPModule(L.LightningModule):
         return total
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self.optim_config.grad_cache_micro_batches > 1:
+            return grad_cache_training_step(self, batch, self.optim_config.grad_cache_micro_batches)
         return self._objective_losses(batch, "train")
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from vlp.objectives.temperature import LogitScale
+from vlp.registry import ConfigError
 
 # Layers whose ``weight`` is a matrix that multiplies inputs: the only parameters that decay.
 # transformers' GPT-style ``Conv1D`` is a linear layer too.
@@ -34,6 +35,14 @@ class OptimConfig:
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0
+    # > 1: each batch's gradient is computed in this many micro-batches, exactly (vlp.grad_cache).
+    grad_cache_micro_batches: int = 1
+
+    def __post_init__(self) -> None:
+        if self.grad_cache_micro_batches < 1:
+            raise ConfigError(
+                f"optim.grad_cache_micro_batches must be 1 (off) or more micro-batches per batch, got {self.grad_cache_micro_batches}."
+            )
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from vlp.batch import Batch
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped, tally
 from vlp.data.resumable import CarriesDraws, RandomSampler, StatefulDataLoader
+from vlp.data.transforms import unit_float
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -52,10 +53,14 @@ class Collate:
     ``extras["data_quality"]`` (:func:`vlp.data.quality.tally`) so counts made in workers
     reach the main process. Extras that are not numbers (e.g. sample keys) stay lists.
     ``extras["texts"]`` holds the chosen captions as strings (for teachers' own tokenizers).
+    uint8 images become floats in [0, 1] here, unless ``keep_uint8`` (training loaders: a
+    quarter of the bytes leave the workers, and ``on_after_batch_transfer`` divides by 255
+    on the device).
     """
 
-    def __init__(self, tokenize: Tokenize, sample_caption: bool, all_captions: bool = False, seed: int = 0) -> None:
+    def __init__(self, tokenize: Tokenize, sample_caption: bool, all_captions: bool = False, seed: int = 0, keep_uint8: bool = False) -> None:
         self.tokenize = tokenize
+        self.keep_uint8 = keep_uint8
         self.sample_caption = sample_caption
         self.all_captions = all_captions
         self.rng = random.Random(seed)
@@ -69,8 +74,8 @@ class Collate:
                 f"root path points at the images the annotations name."
             )
         images = torch.stack([item[0] for item in items])
-        if images.dtype == torch.uint8:
-            images = images.float().div_(255)
+        if not self.keep_uint8:
+            images = unit_float(images)
         caption_lists = [item[1] for item in items]
         chosen = [self.rng.choice(c) if self.sample_caption else c[0] for c in caption_lists]
         input_ids, attention_mask = self.tokenize(chosen)
@@ -159,7 +164,7 @@ class ImageTextDataModule(L.LightningDataModule):
         if self.tokenize is None:
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
         generator = torch.Generator().manual_seed(self.seed)
-        collate = Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed)
+        collate = Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed, keep_uint8=train)
         # Training resumes mid-epoch at the exact next batch: the stateful loader's position and
         # the collate's caption generator (carried by the dataset) are saved in every checkpoint.
         # The sampler owns its generator: a loader's generator also seeds each new iterator, and those
@@ -192,6 +197,12 @@ class ImageTextDataModule(L.LightningDataModule):
         """Lightning calls this in the main process for every batch: take the bad-sample counts."""
         if isinstance(batch, Batch):
             self.record_quality(batch)
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 images left the loader as uint8; they become floats in [0, 1] here, on the device."""
+        if isinstance(batch, Batch):
+            batch.images = unit_float(batch.images)
         return batch
 
     def record_quality(self, batch: Batch) -> None:

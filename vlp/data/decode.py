@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from typing import Iterable
@@ -12,14 +13,23 @@ from PIL import Image
 from vlp.data.quality import CAPTION_NOT_UTF8, EMPTY_CAPTION, MISSING_FILE, UNREADABLE_IMAGE, BadSample
 
 
-def open_image(source: str | bytes) -> Image.Image:
-    """Decode fully (so truncated files fail here, not later) and convert to RGB."""
+def open_image(source: str | bytes, min_short_side: int | None = None) -> Image.Image:
+    """Decode fully (so truncated files fail here, not later) and convert to RGB.
+
+    With ``min_short_side``, a JPEG whose short side is at least twice that is decoded at
+    the smallest of libjpeg's scales (1/2, 1/4, 1/8) that keeps its short side at or
+    above it (PIL's draft mode): the bulk of a large photo's decoding cost is skipped.
+    Other formats always decode in full.
+    """
     if isinstance(source, str) and not os.path.isfile(source):
         raise BadSample(MISSING_FILE, source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # EXIF and palette warnings from web images
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+                if min_short_side is not None and min(image.size) >= 2 * min_short_side:
+                    ratio = min_short_side / min(image.size)
+                    image.draft(None, (math.ceil(image.size[0] * ratio), math.ceil(image.size[1] * ratio)))
                 image.load()
                 return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:

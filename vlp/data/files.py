@@ -20,7 +20,7 @@ from vlp.data.decode import open_image
 from vlp.data.image_folder import DEFAULT_TEMPLATES, LinearProbeSet, read_class_folder
 from vlp.data.quality import BadSample, Skipped
 from vlp.data.records import Reading, Record
-from vlp.data.transforms import Transform, data_config, image_transform
+from vlp.data.transforms import ImageTransform, data_config, image_transform
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -34,7 +34,7 @@ def resolve(root: str, image: str) -> str:
 class FileDataset(Dataset):
     """``(image, captions, {"key": key})`` per record, or a :class:`Skipped` marker (keyed ``<split>/<key>``) for a bad image."""
 
-    def __init__(self, records: Sequence[Record], root: str, transform: Transform, split: str = "train") -> None:
+    def __init__(self, records: Sequence[Record], root: str, transform: ImageTransform, split: str = "train") -> None:
         self.records = records
         self.root = root
         self.transform = transform
@@ -46,7 +46,7 @@ class FileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, list[str], dict[str, Any]] | Skipped:
         record = self.records[index]
         try:
-            image = open_image(resolve(self.root, record.image))
+            image = open_image(resolve(self.root, record.image), self.transform.decode_short_side)
         except BadSample as bad:
             return Skipped(bad.cause, f"{self.split}/{record.key}")
         return self.transform(image), record.captions, {"key": record.key}
@@ -55,7 +55,7 @@ class FileDataset(Dataset):
 class EvalImages(Dataset):
     """Image tensors only (what evaluations batch); built from records already known to be readable."""
 
-    def __init__(self, paths: Sequence[str], transform: Transform) -> None:
+    def __init__(self, paths: Sequence[str], transform: ImageTransform) -> None:
         self.paths = paths
         self.transform = transform
 
@@ -63,7 +63,7 @@ class EvalImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Tensor:
-        return self.transform(open_image(self.paths[index]))
+        return self.transform(open_image(self.paths[index], self.transform.decode_short_side))
 
 
 def readable(records: Sequence[Record], root: str, prefix: str = "") -> tuple[list[Record], list[tuple[str, str]]]:
@@ -121,7 +121,7 @@ class FileDataModule(ImageTextDataModule):
     def build(self) -> None:
         train = self._read_counted("train")
         val = self._read_counted("val")
-        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True), "train")
+        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True, dtype=torch.uint8), "train")
         self.val_records = val.records if val else []
         self.val_set = FileDataset(self.val_records, self.root, self.eval_transform, "val") if val else None
 

@@ -18,7 +18,7 @@ import webdataset as wds
 
 from vlp.data.decode import clean_captions, open_image
 from vlp.data.quality import BAD_RECORD, MISSING_IMAGE, SHARD_READ_ERROR, BadSample, Skipped
-from vlp.data.transforms import Transform
+from vlp.data.transforms import ImageTransform
 from vlp.registry import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -56,7 +56,7 @@ class Decode:
     extension present, and ``json``/``txt``).
     """
 
-    def __init__(self, transform: Transform, image_key: str | None = None, caption_key: str | None = None) -> None:
+    def __init__(self, transform: ImageTransform, image_key: str | None = None, caption_key: str | None = None) -> None:
         self.transform = transform
         self.image_keys = (image_key,) if image_key else IMAGE_EXTENSIONS
         self.caption_key = caption_key
@@ -70,7 +70,7 @@ class Decode:
             if name is None:
                 raise BadSample(MISSING_IMAGE, key)
             captions = captions_of(sample, self.caption_key)
-            image = open_image(sample[name])
+            image = open_image(sample[name], self.transform.decode_short_side)
         except BadSample as bad:
             return Skipped(bad.cause, key)
         return self.transform(image), captions, {"key": key}
@@ -143,7 +143,7 @@ def _no_good_sample(items: list[Skipped]) -> None:
 
 
 def sample_stream(
-    urls: list[str], transform: Transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
+    urls: list[str], transform: ImageTransform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
     image_key: str | None = None, caption_key: str | None = None, decode: Callable[[Any], Any] | None = None,
 ) -> wds.DataPipeline:
     """Decoded samples (and markers) of one source, split across nodes and workers.

@@ -1,13 +1,19 @@
 """Image transforms taken from the image encoder's own timm data config, minus normalisation.
 
 The image tower normalises with its pretrained mean/std itself (``TimmImageEncoder``), so
-the data pipeline stops at float pixels in [0, 1]; size, interpolation and crop
-percentage come from the encoder's config so a pretrained encoder sees what it expects.
+the data pipeline stops at pixels; size, interpolation and crop percentage come from the
+encoder's config so a pretrained encoder sees what it expects. Training loaders keep the
+pixels as uint8 (a quarter of float32's bytes through collation and worker pipes) and
+the datamodule divides by 255 on the device after transfer (:func:`unit_float`), which is
+bit for bit what a float transform gives. A JPEG much larger than the target is decoded
+at a reduced scale (PIL's draft mode, libjpeg's DCT scaling), never below
+``DRAFT_MARGIN`` times the size the resize step needs; see :meth:`ImageTransform.decode_short_side`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any
 
 import torch
 from PIL import Image
@@ -17,12 +23,20 @@ from torchvision import transforms
 
 from vlp.registry import ConfigError
 
-Transform = Callable[[Image.Image], torch.Tensor]
 
 # Without an encoder: resize the shorter side to the size and centre-crop (crop_pct 1).
 DEFAULT_CONFIG = {"interpolation": "bicubic", "crop_pct": 1.0, "crop_mode": "center"}
 # Mild CLIP-style training crop (open_clip uses scale (0.9, 1)); no flips: captions say left/right.
 TRAIN_CROP_SCALE = (0.9, 1.0)
+TRAIN_CROP_RATIO = (3 / 4, 4 / 3)  # timm's default aspect-ratio range of the random crop
+# A draft-decoded JPEG keeps at least this many times the pixels (per side) that the resize
+# needs, so the resize still downsamples by 2x or more. The result is not bit-identical to a
+# full decode (libjpeg's scaled IDCT acts as a slightly different antialiasing filter): on
+# scikit-learn's photos the mean absolute difference is 0.3-4 grey levels of 255 (the 99th
+# percentile 9-14 at 1-2 mean; tests/test_data_throughput.py bounds the mean at 2.5 for
+# the 640 x 427 originals, tools/bench_data.py prints it for a large photo).
+# ``image_transform(..., draft_margin=None)`` always decodes in full.
+DRAFT_MARGIN = 2.0
 
 
 def data_config(image_size: int, image_encoder: str | None = None, image_encoder_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -41,9 +55,46 @@ def data_config(image_size: int, image_encoder: str | None = None, image_encoder
     return resolve_data_config(args, pretrained_cfg=pretrained.to_dict())
 
 
-def image_transform(config: dict[str, Any], train: bool) -> Transform:
-    """PIL image -> float tensor (3, H, W) in [0, 1], built by timm's ``create_transform``."""
-    kwargs: dict[str, Any] = {"scale": TRAIN_CROP_SCALE, "hflip": 0.0, "color_jitter": None} if train else {
-        "crop_pct": config["crop_pct"], "crop_mode": config.get("crop_mode", "center")}
-    timm_transform = create_transform(config["input_size"], is_training=train, interpolation=config["interpolation"], normalize=False, **kwargs)
-    return transforms.Compose([timm_transform, transforms.ConvertImageDtype(torch.float32)])
+class ImageTransform:
+    """PIL image -> tensor (3, H, W), built by timm's ``create_transform``: uint8 pixels, or floats in [0, 1].
+
+    ``decode_short_side`` is the smallest short side a JPEG may be draft-decoded to
+    (None: always decode in full); :func:`vlp.data.decode.open_image` takes it.
+    """
+
+    def __init__(self, config: dict[str, Any], train: bool, dtype: torch.dtype = torch.float32, draft_margin: float | None = DRAFT_MARGIN) -> None:
+        kwargs: dict[str, Any] = {"scale": TRAIN_CROP_SCALE, "ratio": TRAIN_CROP_RATIO, "hflip": 0.0, "color_jitter": None} if train else {
+            "crop_pct": config["crop_pct"], "crop_mode": config.get("crop_mode", "center")}
+        steps = [create_transform(config["input_size"], is_training=train, interpolation=config["interpolation"], normalize=False, **kwargs)]
+        if dtype != torch.uint8:
+            steps.append(transforms.ConvertImageDtype(dtype))
+        self.transform = transforms.Compose(steps)
+        self.decode_short_side = None if draft_margin is None else self._resize_input_side(config, train, draft_margin)
+
+    @staticmethod
+    def _resize_input_side(config: dict[str, Any], train: bool, margin: float) -> int:
+        """``margin`` x the image short side at which the resize step would upsample.
+
+        Evaluation resizes the short side to size / crop_pct. Training resizes a random crop
+        of at least ``scale[0]`` of the area with aspect ratio in ``ratio``; its short side is
+        at least sqrt(scale[0] * ratio[0]) of the image's (about 0.82 for (0.9, 1), (3/4, 4/3)).
+        """
+        size = max(config["input_size"][1:])
+        crop_side = math.sqrt(TRAIN_CROP_SCALE[0] * TRAIN_CROP_RATIO[0]) if train else config["crop_pct"]
+        return math.ceil(margin * size / crop_side)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(decode_short_side={self.decode_short_side}, {self.transform})"
+
+
+def image_transform(config: dict[str, Any], train: bool, dtype: torch.dtype = torch.float32, draft_margin: float | None = DRAFT_MARGIN) -> ImageTransform:
+    """The transform for training (random crop) or evaluation (resize, centre crop); see :class:`ImageTransform`."""
+    return ImageTransform(config, train, dtype, draft_margin)
+
+
+def unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (x / 255, exactly as a float transform computes it); floats pass through."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images

@@ -18,7 +18,7 @@ from vlp.data.base import Collate
 from vlp.data.files import FileDataModule
 from vlp.data.quality import Skipped
 from vlp.data.shards import full_batches, sample_stream
-from vlp.data.transforms import Transform, image_transform
+from vlp.data.transforms import ImageTransform, image_transform
 from vlp.evaluation.base import RetrievalSet
 from vlp.registry import DATAMODULES, ConfigError
 
@@ -109,7 +109,7 @@ class WebDatasetDataModule(FileDataModule):
     def _collate(self, train: bool) -> Collate:
         if self.tokenize is None:
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
-        return Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed)
+        return Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed, keep_uint8=True)
 
     def _stream_loader(self, pipeline: wds.DataPipeline, batches_per_rank: int | None) -> DataLoader:
         """A loader over a pipeline that batches itself; ``len`` is ``batches_per_rank`` when known."""
@@ -117,16 +117,16 @@ class WebDatasetDataModule(FileDataModule):
             pipeline = pipeline.with_length(batches_per_rank, silent=True)
         return DataLoader(pipeline, batch_size=None, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def _stream(self, urls: list[str], transform: Transform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
+    def _stream(self, urls: list[str], transform: ImageTransform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
                 decode: Callable[[Any], Any] | None = None) -> wds.DataPipeline:
         return sample_stream(urls, transform, resampled, shuffle_buffer, seed, split, self.image_key, self.caption_key, decode)
 
-    def train_decoder(self, transform: Transform) -> Callable[[Any], Any] | None:
+    def train_decoder(self, transform: ImageTransform) -> Callable[[Any], Any] | None:
         """How training samples are decoded: ``None`` for the standard decoding (subclasses replay stored augmentations)."""
         return None
 
     def train_dataloader(self) -> DataLoader:
-        transform = image_transform(self.config, train=True)
+        transform = image_transform(self.config, train=True, dtype=torch.uint8)
         decode = self.train_decoder(transform)
         streams = [self._stream(urls, transform, self.resampled, self.shuffle_buffer, self.seed + i, decode=decode)
                    for i, urls in enumerate(self.sources)]
