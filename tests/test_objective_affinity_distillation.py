@@ -49,7 +49,7 @@ def test_loss_is_the_affinity_kl_against_transformers_own_teacher_embeddings(tea
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     objective = module.objectives["affinity_distillation"]
     step = Step(batch, module.encoder, module.image_views, module.text_views)
     got = objective(step)
@@ -91,7 +91,7 @@ def test_a_vlp_checkpoint_is_a_teacher(tmp_path: Path):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     objective = module.objectives["affinity_distillation"]
     got = objective(Step(batch, module.encoder, module.image_views, module.text_views))
     teacher, _, _ = load(checkpoint, device="cpu")

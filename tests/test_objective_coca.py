@@ -27,7 +27,7 @@ def tiny_module(tmp_path: Path, objectives: str = COCA, extra: tuple[str, ...] =
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    return module, next(iter(datamodule.train_dataloader()))
+    return module, datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
 
 
 def direct_coca_loss(objective, encoder, batch: Batch, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -30,7 +30,7 @@ def tiny(objectives: str):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule).double().train()
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     batch.images = batch.images.double()
     return module, batch
 
@@ -164,7 +164,7 @@ def test_example_experiments_build_and_give_finite_losses(name: str):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    step = Step(next(iter(datamodule.train_dataloader())), module.encoder, module.image_views, module.text_views)
+    step = Step(datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0), module.encoder, module.image_views, module.text_views)
     for objective in module.objectives.values():
         assert torch.isfinite(objective(step)["loss"])
     assert len(module.image_views) == 2  # the full image and one patch-dropped view, shared where named alike

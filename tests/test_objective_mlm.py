@@ -32,7 +32,7 @@ def tiny_module(objective: str, tmp_path: Path):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     return module, batch
 
 
@@ -111,7 +111,7 @@ def test_a_yaml_bert_mask_view_sets_the_masking_rate(tmp_path: Path):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     step = Step(batch, module.encoder, module.image_views, module.text_views)
     assert set(module.text_views) == {"full", "all"}  # the objective's default view is not declared
     assert torch.isfinite(module.objectives["mlm"](step)["loss"])

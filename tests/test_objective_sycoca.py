@@ -28,7 +28,7 @@ def tiny_module(objectives: str, tmp_path: Path, extra: list[str] = ()):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    return module, next(iter(datamodule.train_dataloader()))
+    return module, datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
 
 
 def direct_loss(objective, encoder, batch: Batch, normalize: bool):

@@ -88,7 +88,7 @@ def test_replayed_batch_and_stored_loss_equal_the_online_teacher(reinforced):
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)
-    batch = next(iter(datamodule.train_dataloader()))
+    batch = datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
     originals = {s["__key__"]: s for url in sorted((root / "shards").glob("*.tar"))
                  for s in wds.DataPipeline(wds.SimpleShardList([str(url)]), wds.tarfile_to_samples())}
     reinforced_samples = {s["__key__"]: s for url in sorted((root / "out").glob("*.tar"))

@@ -48,6 +48,7 @@ def step_times(objectives: str, steps: int, batch_size: int, teacher_extras: dic
     optimizer = build_optimizer(module, experiment.optim)
     times = []
     for batch in datamodule.train_dataloader():
+        batch = datamodule.on_after_batch_transfer(batch, 0)  # uint8 pixels to [0, 1], as after a device transfer
         if teacher_extras is not None:
             batch.extras.update({k: v[: len(batch)] for k, v in teacher_extras.items()})
         start = time.process_time()

@@ -67,7 +67,7 @@ def child(args: argparse.Namespace) -> None:
     optimizer = build_optimizer(module, experiment.optim)
     times, cpu_times = [], []
     for index, batch in enumerate(batches):
-        batch = module.transfer_batch_to_device(batch, device, 0)
+        batch = datamodule.on_after_batch_transfer(module.transfer_batch_to_device(batch, device, 0), 0)
         if index == args.warmup:
             reset_peak_memory(device)
         start, cpu_start = time.perf_counter(), time.process_time()
