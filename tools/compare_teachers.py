@@ -20,7 +20,10 @@ SMALL = [
     "model.image_encoder.model_kwargs={img_size: 32, patch_size: 4, embed_dim: 48, depth: 1, num_heads: 3, mlp_ratio: 2.0}",
     "model.text_encoder.config={model_type: clip_text_model, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 1, num_attention_heads: 2}",
 ]
-KEYS = ("zero_shot/shape/top1", "zero_shot/colour/top1", "linear_probe/shape/top1", "retrieval")
+COLUMNS = {"zero-shot colour": "zeroshot/colour/top1", "zero-shot shape": "zeroshot/shape/top1",
+           "held-out shape": "zeroshot/heldout_shape/top1", "probe shape": "linearprobe/shape/top1",
+           "i2t R@1": "retrieval/shapes_val/per_instance/image_to_text_R@1",
+           "t2i R@1": "retrieval/shapes_val/per_instance/text_to_image_R@1"}
 
 
 def run(name: str, overrides: list[str], out: Path) -> dict[str, float]:
@@ -47,12 +50,10 @@ def main() -> None:
     results["student: clip"] = run("student", common + SMALL, out)
     results["student: clip + affinity_distillation"] = run(
         "student_distilled", common + SMALL + [f"model.objectives=[{{name: clip}}, {{name: affinity_distillation, teacher: '{teacher_ckpt}'}}]"], out)
-    names = sorted({k for metrics in results.values() for k in metrics if k.startswith(KEYS) and ("R@1" in k or "top1" in k)})
     width = max(len(n) for n in results)
-    print(f"{'run':<{width}}  " + "  ".join(n.split("/", 1)[1][:28] for n in names))
+    print(f"{'run':<{width}}  " + "  ".join(COLUMNS))
     for run_name, metrics in results.items():
-        print(f"{run_name:<{width}}  " + "  ".join(f"{metrics.get(n, float('nan')):>{len(n.split('/', 1)[1][:28])}.3f}" for n in names))
-
+        print(f"{run_name:<{width}}  " + "  ".join(f"{metrics.get(key, float('nan')):>{len(column)}.3f}" for column, key in COLUMNS.items()))
 
 if __name__ == "__main__":
     main()
