@@ -42,7 +42,7 @@ def test_inheritance_overrides_and_interpolation(tmp_path: Path):
         ("", ["model.objectives.0.init_temprature=0.1"], ["Unknown key `model.objectives[0].init_temprature`", 'Did you mean "init_temperature"?']),
         ("", ["data.name=shapez"], ['Unknown datamodule "shapez"', 'Did you mean "shapes"?']),
         ("", ["model.embed_dim=null"], ["`model.embed_dim`", "must be int"]),
-        ("", ["trainer.logger=true"], ["`trainer.logger`", "cannot be set here"]),
+        ("", ["trainer.logger=true"], ["`trainer.logger`", "must be a list of entries with a `class`"]),
         ("plugins: [no_such_lab.objectives]\n", [], ['Plugin module "no_such_lab.objectives"', "PYTHONPATH"]),
     ],
 )
