@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,4 +72,7 @@ def test_zero_shot_uses_renormalised_mean_of_normalised_prompt_embeddings():
     logits = F.normalize(image_table, dim=-1) @ torch.stack(class_vectors).T
     top1 = (logits.argmax(1) == labels).sum().item() / 20
     top2 = (logits.topk(2, dim=1).indices == labels[:, None]).any(1).sum().item() / 20
-    assert got == {"zeroshot/toy/top1": top1, "zeroshot/toy/top2": top2}  # top5 omitted: only 3 classes
+    predictions = logits.argmax(1)
+    recall = sum((predictions[labels == k] == k).double().mean().item() for k in range(3)) / 3
+    expected = {"zeroshot/toy/top1": top1, "zeroshot/toy/top2": top2, "zeroshot/toy/mean_per_class_recall": recall}
+    assert got == pytest.approx(expected, abs=1e-12)  # top5 omitted: only 3 classes
