@@ -15,8 +15,7 @@ from vlp.registry import ConfigError
 
 DROPOUT = [
     "model.image_encoder.model_kwargs.drop_rate=0.3",
-    "model.text_encoder.config.hidden_dropout=0.3",  # unused by CLIP's text model; attention dropout is
-    "model.text_encoder.config.attention_dropout=0.3",
+    "model.text_encoder.config.attention_dropout=0.3",  # CLIP's text model has attention dropout only
 ]
 
 

@@ -83,8 +83,9 @@ class CachedStep(Step):
         self.micro_batches = micro_batches
         self.replays: dict[tuple[str, str], tuple[Callable, list[_RandomState]]] = {}
 
-    def _get(self, tower: str, view: str, views: dict) -> Features:
+    def _get(self, tower: str, view: str) -> Features:
         key = (tower, view)
+        views = self._views[tower]
         if key not in self._cache:
             if view not in views:
                 raise KeyError(f'No {tower} view "{view}"; an objective must declare it in {tower}_views().')
