@@ -16,6 +16,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from vlp.distributed import rank_and_world_size
 from vlp.evaluation.base import embed_images, embed_texts
 from vlp.evaluation.retrieval import caption_instances, chunked_topk
 from vlp.evaluation.zero_shot import ZeroShotClassification
@@ -161,13 +162,19 @@ def metrics_table(metrics: dict[str, float], before: dict[str, float] | None = N
 
 @torch.no_grad()
 def write_report(out: Path, module, datamodule, metrics: dict[str, float], extra: dict[str, Any], run_dir: Path | None = None) -> Path:
-    """``out/report.md`` with the metrics, run facts and every plot; ``run_dir`` holds the training logs."""
+    """``out/report.md`` with the metrics, run facts and every plot; ``run_dir`` holds the training logs.
+
+    After a multi-process fit only rank 0 writes the report, and a model sharded or split
+    across ranks cannot embed alone: the report then holds the training curves, and
+    ``vlp eval`` (one process) draws the confusion matrices and the retrieval grid.
+    """
     out.mkdir(parents=True, exist_ok=True)
     encoder = module.encoder
     was_training = encoder.training
     encoder.eval()
     plots = training_plots(run_dir, out) if run_dir is not None else []
-    plots += confusion_plots(encoder, datamodule, out) + retrieval_grid(encoder, datamodule, out)
+    if rank_and_world_size()[1] == 1:
+        plots += confusion_plots(encoder, datamodule, out) + retrieval_grid(encoder, datamodule, out)
     encoder.train(was_training)
     facts = [f"- {key.replace('_', ' ')}: {value}" for key, value in extra.items() if not isinstance(value, dict)]
     lines = [f"# Run report: {extra.get('experiment', '')}", "", *facts, "", "## Metrics", "", metrics_table(metrics, extra.get("before")), ""]
