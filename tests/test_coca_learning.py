@@ -29,6 +29,7 @@ COCA_OVERRIDES = LEARNING_OVERRIDES + [
     "model.objectives.0.heads=2",
     "model.objectives.0.image_queries=0",
     "data.two_shape_probability=0.0",
+    "data.shape_variants=1",  # independent scenes, as calibrated (the default experiment uses families of 4)
     "data.val_size=200",
     "trainer.max_epochs=30",
     "trainer.limit_val_batches=0",
