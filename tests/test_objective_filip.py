@@ -131,10 +131,11 @@ def _fake_step(input_ids, special_ids, d=4):
     torch.manual_seed(1)
     n, length = input_ids.shape
     image = SimpleNamespace(token_embeddings=torch.randn(n, 3, d, dtype=torch.float64), mask=torch.ones(n, 3, dtype=torch.bool))
-    text = SimpleNamespace(token_embeddings=torch.randn(n, length, d, dtype=torch.float64), mask=input_ids != 2)
+    text = SimpleNamespace(token_embeddings=torch.randn(n, length, d, dtype=torch.float64), mask=input_ids != 2, input_ids=None)
     tokenizer = SimpleNamespace(all_special_ids=special_ids)
     return SimpleNamespace(encoder=SimpleNamespace(text_tower=SimpleNamespace(tokenizer=tokenizer)),
-                           batch=SimpleNamespace(input_ids=input_ids, extras={}), image=lambda: image, text=lambda: text)
+                           batch=SimpleNamespace(input_ids=input_ids, extras={}), image=lambda view="full": image,
+                           text=lambda view="full": text, batch_sizes=lambda: (n,))
 
 
 def test_bos_eos_masking_is_configurable():
