@@ -18,15 +18,11 @@ class CLIPContrastive(Objective):
     """Symmetric InfoNCE with a learnable temperature; optional ``sample_weight`` extras weight pairs.
 
     The logit scale is stored as a log and initialised at ``1/init_temperature``
-    (CLIP: 1/0.07); it is clamped to at most ``max_logit_scale`` (CLIP: 100).
+    (CLIP: 1/0.07); after each optimizer step it is clamped to at most ``max_logit_scale`` (CLIP: 100).
     ``init_from`` reads it instead from a pretrained CLIPModel directory or open_clip file.
-        weight = step.batch.extras.get("sample_weight")
-        if self.tile_size:  # tiles gather the raw embeddings themselves
-            images, texts = step.image(self.image_view).embedding, step.text(self.text_view).embedding
-            loss = tiled_infonce_loss(images, texts, scale, self.tile_size, weight)
-        else:
-            images, texts = step.gathered("image", self.image_view), step.gathered("text", self.text_view)
-            loss = infonce_loss(images, texts, scale, weight)
+    ``image_view`` / ``text_view`` name the views it contrasts (FLIP: a patch_drop view).
+    ``tile_size`` computes the same loss in tiles of that many rows and columns
+    (``vlp.tiled``), so memory no longer grows with the square of the global batch.
     """
 
     def __init__(
