@@ -22,7 +22,7 @@ def test_variants_differ_from_their_first_scene_in_one_objects_shape_only():
 
 
 def test_family_sampler_keeps_families_together_in_a_fresh_order_each_epoch():
-    sampler = FamilySampler(22, 4, seed=0)
+    sampler = FamilySampler(22, 4, torch.Generator().manual_seed(0))
     first, second = list(sampler), list(sampler)
     assert sorted(first) == list(range(22)) and first != second
     for order in (first, second):
@@ -46,3 +46,26 @@ def test_training_batches_hold_whole_families_and_validation_captions_are_distin
     assert len(set(detailed)) == len(detailed)
     (retrieval,) = dm.retrieval_sets()
     assert retrieval.texts == detailed and retrieval.image_to_texts == [[i] for i in range(200)]
+
+
+def test_family_batches_resume_mid_epoch_at_exactly_the_next_batch():
+    """The loader's saved state (what a checkpoint holds) resumes the family order, in the second epoch too."""
+
+    def module() -> ShapesDataModule:
+        dm = ShapesDataModule(image_size=8, train_size=64, val_size=16, shape_variants=4, batch_size=8)
+        dm.setup("fit")
+        dm.attach_tokenizer(lambda texts: (torch.zeros(len(texts), 1, dtype=torch.long), torch.ones(len(texts), 1, dtype=torch.long)))
+        return dm
+
+    loader = module().train_dataloader()
+    list(loader)  # the first epoch
+    epoch = iter(loader)
+    seen = [next(epoch).images for _ in range(3)]
+    state = loader.state_dict()
+    rest = [batch.images for batch in epoch]
+
+    resumed = module().train_dataloader()
+    resumed.load_state_dict(state)
+    assert len(seen) + len(rest) == 8
+    got = [batch.images for batch in resumed]
+    assert len(got) == len(rest) and all(torch.equal(a, b) for a, b in zip(got, rest))

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vlp.batch import Batch
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped, tally
@@ -176,13 +176,17 @@ class ImageTextDataModule(L.LightningDataModule):
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=RandomSampler(dataset, generator=generator),
+            sampler=self.train_sampler(dataset, generator),
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
             generator=torch.Generator().manual_seed(self.seed + 1),
         )
+
+    def train_sampler(self, dataset: Dataset, generator: torch.Generator) -> Sampler[int]:
+        """The training order; a replacement must save its position (``state_dict``) to resume mid-epoch."""
+        return RandomSampler(dataset, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

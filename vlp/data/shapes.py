@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from vlp.data.base import ImageCaptionDataset, ImageTextDataModule, retrieval_set
 from vlp.data.image_folder import LinearProbeSet
@@ -161,19 +161,55 @@ def generate(
 
 
 class FamilySampler(Sampler[int]):
-    """Indices in families of ``size`` consecutive items, families in a new random order every epoch."""
+    """Indices in families of ``size`` consecutive items, families in a new random order every epoch.
 
-    def __init__(self, count: int, size: int, seed: int) -> None:
+    Resumable like torchdata's ``RandomSampler``: each pass records the generator state it
+    started from, and the loader saves that with the number of indices already yielded.
+    """
+
+    def __init__(self, count: int, size: int, generator: torch.Generator) -> None:
         self.count = count
         self.size = size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = generator
 
     def __len__(self) -> int:
         return self.count
 
     def __iter__(self) -> Iterator[int]:
-        for family in torch.randperm(math.ceil(self.count / self.size), generator=self.generator).tolist():
-            yield from range(family * self.size, min((family + 1) * self.size, self.count))
+        return _FamilyPass(self)
+
+
+class _FamilyPass(Iterator[int]):
+    """One epoch of a ``FamilySampler``, with the ``state_dict`` that ``StatefulDataLoader`` saves."""
+
+    def __init__(self, sampler: FamilySampler) -> None:
+        self.sampler = sampler
+        self.start_state = sampler.generator.get_state()
+        self.order = self._draw()
+        self.yielded = 0
+
+    def _draw(self) -> list[int]:
+        size, count = self.sampler.size, self.sampler.count
+        families = torch.randperm(math.ceil(count / size), generator=self.sampler.generator).tolist()
+        return [i for family in families for i in range(family * size, min((family + 1) * size, count))]
+
+    def __iter__(self) -> Iterator[int]:
+        return self
+
+    def __next__(self) -> int:
+        if self.yielded == len(self.order):
+            raise StopIteration
+        self.yielded += 1
+        return self.order[self.yielded - 1]
+
+    def state_dict(self) -> dict:
+        return {"generator": self.start_state, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.start_state = state["generator"]
+        self.sampler.generator.set_state(self.start_state)
+        self.order = self._draw()
+        self.yielded = state["yielded"]
 
 
 @DATAMODULES.register("shapes")
@@ -207,20 +243,11 @@ class ShapesDataModule(ImageTextDataModule):
         val_images, self.val_scenes = generate(self.val_size, self.image_size, self.seed + 1, True, self.two_shape_probability, distinct=True)
         self.val_set = ImageCaptionDataset(val_images, [captions_for(s) for s in self.val_scenes])
 
-    def train_dataloader(self) -> DataLoader:
+    def train_sampler(self, dataset: Dataset, generator: torch.Generator) -> Sampler[int]:
         """With shape variants, each batch holds whole families, so its negatives include the same scene in other shapes."""
-        loader = super().train_dataloader()
         if self.shape_variants == 1:
-            return loader
-        return DataLoader(
-            loader.dataset,
-            batch_size=self.batch_size,
-            sampler=FamilySampler(len(loader.dataset), self.shape_variants, self.seed),
-            drop_last=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=loader.collate_fn,
-        )
+            return super().train_sampler(dataset, generator)
+        return FamilySampler(len(dataset), self.shape_variants, generator)
 
     def caption_corpus(self) -> list[str]:
         words = [" ".join(SHAPES), " ".join(COLOURS), " ".join(SIZES), " ".join(ROWS + COLUMNS)]
