@@ -56,6 +56,19 @@ def test_real_text_tower_loads_and_pools_like_sentence_transformers():
         torch.testing.assert_close(tower(ids, mask).pooled, (hidden * weights).sum(1) / weights.sum(1))
 
 
+def test_a_pretrained_tower_trains_in_train_mode(tmp_path: Path):
+    """from_pretrained returns eval mode; Lightning keeps a module's mode, so the builder must switch it."""
+    from vlp.config.experiment import load_experiment
+    from vlp.data.shapes import ShapesDataModule
+    from vlp.build import build_module
+
+    experiment = load_experiment(str(REPO / "experiments" / "default.yaml"), overrides(tmp_path / "run"))
+    module = build_module(experiment, ShapesDataModule(image_size=32, train_size=8, val_size=8))
+    backbone = module.encoder.text_tower.backbone
+    assert [name for name, m in backbone.named_modules() if not m.training] == []
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in backbone.modules())  # the mode matters
+
+
 @pytest.mark.slow
 def test_lora_on_pretrained_minilm_trains_exports_and_reloads(tmp_path: Path):
     run_dir = fit(str(REPO / "experiments" / "default.yaml"), overrides(tmp_path / "run"))

@@ -71,7 +71,7 @@ def build_module(experiment: Experiment, datamodule: ImageTextDataModule, tokeni
         evaluations=[instantiate(e, objectives=objectives) for e in experiment.evaluations],
         state=state,
         views={name: instantiate(view) for name, view in experiment.views.items()},
-    )
+    ).train()  # pretrained weights load in eval mode; training needs their dropout (held teachers stay in eval)
 
 
 def load_partial(module: nn.Module, path: str) -> None:
