@@ -1,4 +1,4 @@
-"""Masked token and patch losses over 2 CPU processes equal the global batch on one.
+"""Masked token, patch and feature losses over 2 CPU processes equal the global batch on one.
 
 Kept apart from test_masked_modeling.py so the spawned processes import only torch and
 vlp.masked_modeling, not the heads (timm).
@@ -9,12 +9,14 @@ from __future__ import annotations
 import torch
 
 from objective_testing import assert_ddp_matches_single_process
-from vlp.masked_modeling import masked_patch_loss, masked_token_loss
+from vlp.masked_modeling import feature_reconstruction_loss, masked_patch_loss, masked_token_loss
 from vlp.text.masking import IGNORE_INDEX
 
 
 def token_and_patch_losses(logits, labels, prediction, target, masked):
-    return masked_token_loss(logits, labels) + masked_patch_loss(prediction, target, masked)
+    """MLM + MAE (normalised pixels) + CFM-ViT's feature loss: each a mean over the global batch."""
+    return (masked_token_loss(logits, labels) + masked_patch_loss(prediction, target, masked, normalize_target=True)
+            + feature_reconstruction_loss(prediction, target, masked))
 
 
 def test_token_and_patch_losses_over_two_ranks_equal_the_global_batch(tmp_path):

@@ -1,4 +1,4 @@
-"""Pure functions for masked modelling: token and patch losses, patches, text-guided patch choice.
+"""Pure functions for masked modelling: token, pixel (MAE) and feature (CFM-ViT) losses, patches, text-guided patch choice.
 
 Losses are means over every masked token (or patch) of the global batch: each rank returns
 W/N_global times its local sum, so the rank mean (what DDP's gradient averaging and logging
@@ -48,6 +48,24 @@ def patchify(images: Tensor, patch_size: int | tuple[int, int]) -> Tensor:
     return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch, rows * columns, height_p * width_p * channels)
 
 
+def unpatchify(patches: Tensor, patch_size: tuple[int, int], grid: tuple[int, int], channels: int = 3) -> Tensor:
+    """Inverse of :func:`patchify`."""
+    (height_p, width_p), (rows, columns) = patch_size, grid
+    images = patches.reshape(patches.shape[0], rows, columns, height_p, width_p, channels).permute(0, 5, 1, 3, 2, 4)
+    return images.reshape(patches.shape[0], channels, rows * height_p, columns * width_p)
+
+
+def masked_positions(kept: Tensor, num_patches: int) -> Tensor:
+    """(B, N) True where a patch was dropped (its index is not in ``kept``)."""
+    masked = torch.ones(kept.shape[0], num_patches, dtype=torch.bool, device=kept.device)
+    return masked.scatter(1, kept, False)
+
+
+def normalize_patches(patches: Tensor, eps: float = 1e-6) -> Tensor:
+    """MAE's ``norm_pix_loss`` targets: each patch minus its mean, over sqrt(its unbiased variance + eps)."""
+    return (patches - patches.mean(dim=-1, keepdim=True)) / (patches.var(dim=-1, keepdim=True) + eps).sqrt()
+
+
 def masked_patch_loss(prediction: Tensor, target: Tensor, masked: Tensor, normalize_target: bool = False) -> Tensor:
     """MAE's loss: mean squared error per patch, averaged over the masked patches of the global batch.
 
@@ -56,11 +74,19 @@ def masked_patch_loss(prediction: Tensor, target: Tensor, masked: Tensor, normal
     own mean and variance (MAE's ``norm_pix_loss``, unbiased variance, eps 1e-6).
     """
     if normalize_target:
-        mean = target.mean(dim=-1, keepdim=True)
-        variance = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (variance + 1e-6).sqrt()
+        target = normalize_patches(target)
     per_patch = (prediction - target).pow(2).mean(dim=-1)
     return global_mean((per_patch * masked.to(per_patch.dtype)).sum(), masked.sum())
+
+
+def feature_reconstruction_loss(predicted: Tensor, target: Tensor, masked: Tensor) -> Tensor:
+    """CFM-ViT (Kim et al., 2023): 1 - cos(prediction, target), averaged over the masked tokens of the global batch.
+
+    Targets are the unmasked image's tokens projected into the joint image-text space,
+    carrying no gradient (the caller detaches them).
+    """
+    per_token = 1.0 - F.cosine_similarity(predicted, target, dim=-1)
+    return global_mean((per_token * masked.to(per_token.dtype)).sum(), masked.sum())
 
 
 def text_guided_keep_indices(text_embedding: Tensor, patch_embeddings: Tensor, keep: int) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from vlp.functional_masked import feature_reconstruction_loss, masked_positions
+from vlp.masked_modeling import feature_reconstruction_loss, masked_positions
 from vlp.objectives.base import Objective
 from vlp.objectives.patch_decoder import PatchDecoder
 from vlp.registry import OBJECTIVES, ConfigError

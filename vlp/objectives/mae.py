@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from vlp.encoders.features import Features
-from vlp.functional_masked import mae_loss, masked_positions, normalize_patches, patchify, unpatchify
+from vlp.masked_modeling import masked_patch_loss, masked_positions, patchify, unpatchify
 from vlp.objectives.base import Objective
 from vlp.objectives.patch_decoder import PatchDecoder
 from vlp.registry import OBJECTIVES, ConfigError
@@ -58,8 +58,7 @@ class MAE(Objective):
     def targets(self, images: Tensor) -> Tensor:
         if images.shape[1] != CHANNELS:
             raise ConfigError(f"mae reconstructs {CHANNELS}-channel images; the data gives {images.shape[1]} channels.")
-        patches = patchify(images, self.patch_size)
-        return normalize_patches(patches) if self.normalize_targets else patches
+        return patchify(images, self.patch_size)
 
     def predict(self, features: Features) -> Tensor:
         if features.kept is None:
@@ -70,7 +69,7 @@ class MAE(Objective):
         features = step.image(self.image_view)
         predicted = self.predict(features)
         masked = masked_positions(features.kept, predicted.shape[1])
-        return {"loss": mae_loss(predicted, self.targets(step.batch.images), masked)}
+        return {"loss": masked_patch_loss(predicted, self.targets(step.batch.images), masked, self.normalize_targets)}
 
     def reconstruct(self, images: Tensor, features: Features) -> tuple[Tensor, Tensor]:
         """(masked input, reconstruction) images for inspection; visible patches are pasted back.
