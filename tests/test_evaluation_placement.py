@@ -33,7 +33,9 @@ def test_fit_evaluates_before_and_after_training_on_the_training_device(tiny_ove
     seen = []
     original = VLPModule.evaluate
 
-    def evaluate(self, datamodule):
+    def evaluate(self, datamodule, during_training=False):
+        if during_training:
+            return original(self, datamodule, during_training)
         trainer = self._trainer
         seen.append(trainer is not None and trainer.state.status == TrainerStatus.RUNNING
                     and next(self.encoder.parameters()).device == trainer.strategy.root_device)
@@ -45,6 +47,31 @@ def test_fit_evaluates_before_and_after_training_on_the_training_device(tiny_ove
     assert seen == [True, True]  # before and after, both inside fit
     result = json.loads((run_dir / "metrics.json").read_text())
     assert set(result["before"]) == set(result["metrics"]) and result["global_step"] == 2
+
+
+def test_costly_evaluations_run_only_before_and_after_training(tiny_overrides, monkeypatch):
+    """The probe's C search skips per-epoch validation by default; any entry can opt in or out in YAML."""
+    from vlp.evaluation.linear_probe import LinearProbe
+    from vlp.evaluation.retrieval import Retrieval
+    from vlp.evaluation.zero_shot import ZeroShotClassification
+
+    calls = {}
+    for cls in (LinearProbe, Retrieval, ZeroShotClassification):
+        def counted(self, encoder, source, _original=cls.__call__, _name=cls.registry_name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(self, encoder, source)
+        monkeypatch.setattr(cls, "__call__", counted)
+    evaluations = "eval=[{name: zero_shot}, {name: retrieval, every_validation: false}, {name: linear_probe, steps_per_decade: 1}]"
+    fit(str(REPO / "experiments" / "default.yaml"), tiny_overrides + ["evaluate_before=true", "data.train_size=64", "data.val_size=30",
+                                                                     "trainer.max_epochs=2", evaluations])
+    assert calls == {"zero_shot": 4, "retrieval": 2, "linear_probe": 2}  # 2 validations + before + after
+
+
+def test_every_validation_must_be_a_boolean(tiny_overrides):
+    from vlp.registry import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval\[0\]\.every_validation.*true or false"):
+        load_experiment(REPO / "experiments" / "default.yaml", tiny_overrides + ["eval=[{name: zero_shot, every_validation: often}]"])
 
 
 def count_work(module) -> dict[str, int]:

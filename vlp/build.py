@@ -26,6 +26,13 @@ def instantiate(component: Component, **injected: Any) -> Any:
     return component.cls(**component.params, **extra)
 
 
+def build_evaluation(component: Component, objectives: dict[str, Any]) -> Any:
+    evaluation = instantiate(component, objectives=objectives)
+    if component.every_validation is not None:
+        evaluation.every_validation = component.every_validation
+    return evaluation
+
+
 def build_datamodule(experiment: Experiment) -> ImageTextDataModule:
     return instantiate(experiment.data)
 
@@ -68,7 +75,7 @@ def build_module(experiment: Experiment, datamodule: ImageTextDataModule, tokeni
         weights={o.name: o.weight for o in experiment.objectives},
         active={o.name: o.active for o in experiment.objectives},
         optim=experiment.optim,
-        evaluations=[instantiate(e, objectives=objectives) for e in experiment.evaluations],
+        evaluations=[build_evaluation(e, objectives) for e in experiment.evaluations],
         state=state,
         views={name: instantiate(view) for name, view in experiment.views.items()},
     ).train()  # pretrained weights load in eval mode; training needs their dropout (held teachers stay in eval)

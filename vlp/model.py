@@ -113,17 +113,19 @@ class VLPModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or self.trainer.datamodule is None:
             return
-        for name, value in self.evaluate(self.trainer.datamodule).items():
+        for name, value in self.evaluate(self.trainer.datamodule, during_training=True).items():
             self.log(f"val/{name}", value, rank_zero_only=True)  # ranks > 0 get no metrics (see evaluation.base)
 
     @torch.no_grad()
-    def evaluate(self, datamodule: Any) -> dict[str, float]:
-        """Run every configured evaluation on the datamodule's evaluation sets."""
+    def evaluate(self, datamodule: Any, during_training: bool = False) -> dict[str, float]:
+        """Run the configured evaluations on the datamodule's evaluation sets (during training: those set to ``every_validation``)."""
         was_training = self.encoder.training, self.objectives.training
         self.encoder.eval()
         self.objectives.eval()  # evaluations may use an objective's modules (a caption decoder)
         results: dict[str, float] = {}
         for evaluation in self.evaluations:
+            if during_training and not evaluation.every_validation:
+                continue
             results.update(evaluation(self.encoder, datamodule))
         self.encoder.train(was_training[0])
         self.objectives.train(was_training[1])

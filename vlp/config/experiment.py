@@ -73,6 +73,7 @@ class Component:
     path: str
     weight: float = 1.0
     active: tuple[float, float] = (0.0, 1.0)  # objectives only: the span of training progress it runs in
+    every_validation: bool | None = None  # evaluations only: None keeps the class's default
 
     @property
     def name(self) -> str:
@@ -125,6 +126,17 @@ def _component(
     if validate is not None:
         validate(params, path, where)
     return Component(cls, params, path, float(weight), active)
+
+
+def _evaluation(values: Any, path: str, where: _Where) -> Component:
+    """An ``eval`` entry: a registered evaluation plus the optional ``every_validation`` switch."""
+    params = dict(values) if isinstance(values, dict) else values
+    every_validation = params.pop("every_validation", None) if isinstance(params, dict) else None
+    if every_validation is not None and not isinstance(every_validation, bool):
+        raise ConfigError(f"`{path}.every_validation` in {where(path)} is {every_validation!r} but must be true or false.")
+    component = _component(params, EVALUATIONS, path, where, injected=("objectives",))
+    component.every_validation = every_validation
+    return component
 
 
 def _active_span(span: Any, path: str, where: _Where) -> tuple[float, float]:
@@ -205,7 +217,7 @@ def parse_experiment(config: dict[str, Any], origins: dict[str, str], source: st
         optim=build_dataclass(OptimConfig, config.get("optim") or {}, "optim", where),
         trainer=trainer,
         checkpoint=build_dataclass(CheckpointConfig, config.get("checkpoint") or {}, "checkpoint", where),
-        evaluations=[_component(e, EVALUATIONS, f"eval[{i}]", where, injected=("objectives",)) for i, e in enumerate(evaluations)],
+        evaluations=[_evaluation(e, f"eval[{i}]", where) for i, e in enumerate(evaluations)],
         resolved=config,
         source=source,
         views={name: _component(v, VIEWS, f"model.views.{name}", where) for name, v in model.views.items()},

@@ -54,9 +54,15 @@ class EvaluationSource(Protocol):
 
 
 class Evaluation:
-    """Called with the dual encoder and the datamodule; returns flat ``{name: value}`` metrics."""
+    """Called with the dual encoder and the datamodule; returns flat ``{name: value}`` metrics.
+
+    ``every_validation``: whether it also runs at each validation during training, or only
+    before and after training (costly protocols such as a probe's regularisation search).
+    The class sets the default; a YAML entry's ``every_validation:`` overrides it.
+    """
 
     registry_name: str
+    every_validation: bool = True
 
     def __call__(self, encoder, source: EvaluationSource) -> dict[str, float]:
         raise NotImplementedError

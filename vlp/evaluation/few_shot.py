@@ -33,6 +33,8 @@ def sample_shots(labels: Tensor, shots: int, seed: int) -> Tensor:
 class FewShotLinearProbe(Evaluation):
     """Mean and std over ``seeds`` of k-shot linear-probe top-1 and mean per-class recall, for each k in ``shots``."""
 
+    every_validation = False  # a C search per seed and shot count: before and after training only
+
     def __init__(
         self, shots: list[int] = (1, 4, 16), seeds: int = 3, batch_size: int = 256, val_fraction: float = 0.2, max_iter: int = 1000, tol: float = 1e-4
     ) -> None:

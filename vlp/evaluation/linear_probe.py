@@ -92,7 +92,12 @@ def select_c(
 
 @EVALUATIONS.register("linear_probe")
 class LinearProbe(Evaluation):
-    """Top-1 test accuracy and mean per-class recall of a logistic regression on frozen image embeddings, per set."""
+    """Top-1 test accuracy and mean per-class recall of a logistic regression on frozen image embeddings, per set.
+
+    Its search for C fits about 15 regressions, so by default it runs only before and after training.
+    """
+
+    every_validation = False
 
     def __init__(
         self, batch_size: int = 256, val_fraction: float = 0.2, max_iter: int = 1000, tol: float = 1e-4, steps_per_decade: int = 8, seed: int = 0
