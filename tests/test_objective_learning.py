@@ -28,10 +28,12 @@ SHORT = ["data.val_size=200", "trainer.limit_val_batches=0"]
 # SigLIP's b = -10 matches the share of positives in its 32k batches (e^-10.4); at batch 64
 # the same prior is -log 64 = -4.2. With -10 the bias, at this lr, cannot rise far enough in
 # ~120 steps and every pair keeps nearly the same low score (see docs/objective_table.md).
-SIGLIP_SMALL_BATCH_BIAS = ["model.objectives.0.init_bias=-4.0"]
+# Even at -4.2 the sigmoid loss learns colour later than InfoNCE: after 2 epochs colour top-1
+# was 0.32 / 0.79 / 0.85 for seeds 0 / 1 / 2, after 3 epochs 0.94 / 0.86 / 0.97.
+SIGLIP_SMALL_BATCH = ["model.objectives.0.init_bias=-4.0", "trainer.max_epochs=3"]
 
 CASES = {
-    "siglip.yaml": SIGLIP_SMALL_BATCH_BIAS,
+    "siglip.yaml": SIGLIP_SMALL_BATCH,
     "hn_nce.yaml": [],
     "llave.yaml": [],
     "alignclip.yaml": [],
@@ -71,17 +73,8 @@ def token_wise_colour_accuracy(run_dir: Path) -> float:
     return (predicted == torch.as_tensor(task.labels)).float().mean().item()
 
 
-KNOWN_REGRESSIONS = {
-    "siglip.yaml": "SigLIP's colour top-1 fell to 0.32 at this budget after the objective-interface, "
-                   "weight-decay and data merges; its exact and DDP tests pass; to be bisected",
-}
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("experiment", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_REGRESSIONS[name], strict=False)) if name in KNOWN_REGRESSIONS else name
-    for name in CASES
-])
+@pytest.mark.parametrize("experiment", list(CASES))
 def test_objective_learns_colour_far_above_chance(experiment: str, tmp_path: Path):
     metrics = fit_metrics(experiment, tmp_path, CASES[experiment])
     assert metrics["zeroshot/colour/top1"] > 0.5, metrics  # chance is 1/8
