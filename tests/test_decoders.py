@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlp.decoders import AttentionalPooler, MultimodalTextDecoder
+from vlp.heads.caption_decoder import AttentionalPooler, MultimodalTextDecoder
 
 
 def test_attentional_pooler_equals_multi_head_attention_written_out():

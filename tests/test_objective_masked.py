@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import load_experiment
-from vlp.objectives.patch_decoder import PatchDecoder
+from vlp.heads.patch_decoder import PatchDecoder
 from vlp.step import Step
 
 from conftest import REPO, TINY_OVERRIDES

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from vlp.masked_modeling import feature_reconstruction_loss, masked_positions
 from vlp.objectives.base import Objective
-from vlp.objectives.patch_decoder import PatchDecoder
+from vlp.heads.patch_decoder import PatchDecoder
 from vlp.registry import OBJECTIVES, ConfigError
 from vlp.step import ImageView, Step
 from vlp.views.patch_drop import PatchDrop

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from vlp.decoders import AttentionalPooler, MultimodalTextDecoder
+from vlp.heads.caption_decoder import AttentionalPooler, MultimodalTextDecoder
 from vlp.functional import infonce_loss
 from vlp.generation import beam_search, greedy_search
 from vlp.generative import caption_loss, next_token_targets, token_accuracy

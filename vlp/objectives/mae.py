@@ -7,7 +7,7 @@ from torch import Tensor
 from vlp.encoders.features import Features
 from vlp.masked_modeling import masked_patch_loss, masked_positions, patchify, unpatchify
 from vlp.objectives.base import Objective
-from vlp.objectives.patch_decoder import PatchDecoder
+from vlp.heads.patch_decoder import PatchDecoder
 from vlp.registry import OBJECTIVES, ConfigError
 from vlp.step import ImageView, Step
 from vlp.views.patch_drop import PatchDrop
