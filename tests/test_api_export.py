@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vlp
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, TINY_OVERRIDES, run_vlp
 from test_pretrained_hf import MEAN, STD, clip_dir  # noqa: F401  (pytest fixture)
 from test_pretrained_open_clip import bpe_tokenizer  # noqa: F401  (pytest fixture)
 from vlp.cli import main
@@ -28,13 +25,6 @@ SHAPE_CLASSES = "a circle,a square,a triangle,a cross"
 def run_in_process(*args: str) -> None:
     """The same command through ``vlp.cli.main`` in this process: for variants of a command already run as a subprocess."""
     assert main(list(args)) == 0
-
-
-def run_vlp(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    result = subprocess.run([sys.executable, "-m", "vlp", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -110,16 +110,15 @@ def test_two_processes_equal_the_global_batch(tmp_path: Path):
 
 
 def test_example_experiment_fine_tunes_a_pretrained_clip_on_long_captions(tmp_path: Path):
-    """experiments/long_clip.yaml on a tiny local CLIPModel (77 positions) and a JSONL of long captions."""
+    """`vlp fit experiments/long_clip.yaml` on a tiny local CLIPModel (77 positions) and a JSONL of long captions."""
     import json
 
     from PIL import Image
     from transformers import CLIPConfig, CLIPModel
 
-    from vlp.run import fit
     from vlp.text.word_tokenizer import build_word_tokenizer
 
-    from conftest import REPO
+    from conftest import REPO, run_vlp
 
     words = ["red", "green", "blue", "circle", "square", "top", "left", "a", "the", "it", "is", "at", "on", "grey"]
     captions = [" ".join(words[(i + j) % len(words)] for j in range(90)).replace("grey", "grey.") for i in range(8)]
@@ -136,11 +135,12 @@ def test_example_experiment_fine_tunes_a_pretrained_clip_on_long_captions(tmp_pa
         Image.new("RGB", (40, 40), (30 * i, 255 - 30 * i, 90)).save(tmp_path / "images" / f"{i}.png")
         lines.append(json.dumps({"image": f"{i}.png", "caption": caption}))
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
-    run_dir = fit(str(REPO / "experiments" / "long_clip.yaml"), [
+    run_dir = tmp_path / "run"
+    run_vlp("fit", str(REPO / "experiments" / "long_clip.yaml"),
         f"vars.clip={clip}", f"vars.train={tmp_path / 'data.jsonl'}", f"vars.val={tmp_path / 'data.jsonl'}",
         f"vars.images={tmp_path / 'images'}", "vars.image_size=32", "model.embed_dim=16", "data.batch_size=4",
-        "trainer.max_epochs=1", "trainer.precision=32-true", "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'run'}",
-    ])
+        "trainer.max_epochs=1", "trainer.precision=32-true", "trainer.enable_progress_bar=false", f"run_dir={run_dir}",
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["global_step"] == 2
     assert any(k.startswith("retrieval") for k in metrics["metrics"])

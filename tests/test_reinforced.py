@@ -20,12 +20,11 @@ from vlp.config.experiment import load_experiment
 from vlp.data.replay import Crop, apply_crop
 from vlp.functional_distillation import affinity_kl
 from vlp.functional import infonce_loss
-from vlp.run import fit
 from vlp.step import Step
 from vlp.teachers import build_teacher
 from vlp.text.word_tokenizer import build_word_tokenizer
 
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, TINY_OVERRIDES, run_vlp
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 220), "yellow": (230, 220, 40)}
 
@@ -117,8 +116,9 @@ def test_replayed_batch_and_stored_loss_equal_the_online_teacher(reinforced):
 @pytest.mark.slow
 def test_example_experiment_fits_on_reinforced_shards(reinforced, tmp_path: Path):
     root = reinforced["root"]
-    run_dir = fit(str(REPO / "experiments" / "mobileclip.yaml"), TINY_OVERRIDES[:3] + [
+    run_dir = tmp_path / "run"
+    run_vlp("fit", str(REPO / "experiments" / "mobileclip.yaml"), *TINY_OVERRIDES[:3],
         f"vars.train={root / 'out' / 'shard-{000000..000001}.tar'}", f"vars.val={root / 'shards' / 'shard-000000.tar'}",
         "model.image_encoder.model_kwargs.img_size=16", "data.batch_size=8", "trainer.max_epochs=1", "eval=[]",
-        "trainer.enable_progress_bar=false", f"run_dir={tmp_path / 'run'}"])
+        "trainer.enable_progress_bar=false", f"run_dir={run_dir}")
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 2
