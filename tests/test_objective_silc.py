@@ -9,13 +9,16 @@ import torch
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import load_experiment
 from vlp.optim import build_optimizer
-from vlp.run import fit, load_vlp_checkpoint
+from vlp.run import load_vlp_checkpoint
 from vlp.views.random_crops import random_resized_crops
 
-from conftest import REPO, TINY_OVERRIDES
+from conftest import REPO, TINY_OVERRIDES, run_vlp
 
 EXPERIMENT = str(REPO / "experiments" / "default.yaml")
 SILC = "model.objectives=[{name: clip}, {name: silc, out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 2}]"
+# experiments/silc.yaml shrunk to the same head, as a command-line override of its second objective.
+SMALL_SILC_YAML = ["model.objectives.1.out_dim=64", "model.objectives.1.hidden_dim=32", "model.objectives.1.bottleneck_dim=16",
+                   "model.objectives.1.local_crops=2"]
 
 
 def build(overrides: list[str]):
@@ -49,7 +52,10 @@ def test_teacher_is_the_closed_form_ema_of_the_student_history():
 
 
 def test_teacher_never_trains_stays_in_eval_and_resumes_exactly(tmp_path):
-    run_dir = fit(EXPERIMENT, TINY_OVERRIDES + [SILC, f"run_dir={tmp_path / 'run'}"])
+    """`vlp fit experiments/silc.yaml` (tiny), then its checkpoint is read back into a model built in this process."""
+    run_dir = tmp_path / "run"
+    run_vlp("fit", str(REPO / "experiments" / "silc.yaml"), *TINY_OVERRIDES, *SMALL_SILC_YAML, "trainer.enable_progress_bar=false",
+            f"run_dir={run_dir}")
     checkpoint = load_vlp_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     teacher_keys = [k for k in checkpoint["state_dict"] if k.startswith("objectives.silc.teacher.")]
     assert teacher_keys and "objectives.silc.center" in checkpoint["state_dict"]
