@@ -40,10 +40,6 @@ def tiny_overrides(tmp_path: Path) -> list[str]:
     return TINY_OVERRIDES + [f"run_dir={tmp_path / 'run'}"]
 
 
-@pytest.fixture
-def default_experiment() -> Path:
-    return REPO / "experiments" / "default.yaml"
-
 # Small enough to train in well under a minute on 2 cores, big enough to learn colours
 # and retrieval far above chance: for learning tests of objectives.
 LEARNING_OVERRIDES = [

@@ -46,7 +46,7 @@ def trained(run_dir: Path) -> tuple[dict, dict]:
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> tuple[dict, dict]:
     cwd = tmp_path_factory.mktemp("single")
-    vlp("fit", str(REPO / "experiments" / "default.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH}", "run_dir=run", cwd=cwd)
+    vlp("fit", str(REPO / "experiments" / "tiny_vit.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH}", "run_dir=run", cwd=cwd)
     return trained(cwd / "run")
 
 
@@ -71,7 +71,7 @@ def assert_same_run(run_dir: Path, one_process: tuple[dict, dict]) -> None:
 @pytest.mark.slow
 def test_ddp_subprocess_launch_makes_one_timestamped_run(tmp_path: Path, one_process):
     """Rank 1 re-runs ``vlp fit``: it must join rank 0's timestamped directory, not make its own."""
-    vlp("fit", str(REPO / "experiments" / "default.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH // 2}",
+    vlp("fit", str(REPO / "experiments" / "tiny_vit.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH // 2}",
         "trainer.strategy=ddp", "trainer.devices=2", cwd=tmp_path)
     runs = list((tmp_path / "runs" / "default").iterdir())
     assert len(runs) == 1, runs
@@ -82,7 +82,7 @@ def test_ddp_subprocess_launch_makes_one_timestamped_run(tmp_path: Path, one_pro
 @pytest.mark.slow
 @pytest.mark.parametrize("launch", ["torchrun", "ddp_spawn"])
 def test_torchrun_and_ddp_spawn_fill_the_given_run_dir_once(tmp_path: Path, one_process, launch: str):
-    args = ["fit", str(REPO / "experiments" / "default.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH // 2}",
+    args = ["fit", str(REPO / "experiments" / "tiny_vit.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH // 2}",
             "trainer.devices=2", "run_dir=run"]
     if launch == "torchrun":
         torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
@@ -134,6 +134,6 @@ def test_externally_launched_ranks_without_run_dir_are_refused(tmp_path: Path, m
                        "TORCHELASTIC_RUN_ID": "test", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29561"}.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match="external launcher .*TorchElasticEnvironment.*pass run_dir="):
-        fit(str(REPO / "experiments" / "default.yaml"), TINY_OVERRIDES + ["trainer.strategy=ddp", "trainer.devices=2",
+        fit(str(REPO / "experiments" / "tiny_vit.yaml"), TINY_OVERRIDES + ["trainer.strategy=ddp", "trainer.devices=2",
                                                                           "trainer.accelerator=cpu"])
     assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def child(tmp_path: Path, body: str) -> Path:
-    return write(tmp_path / "child.yaml", f"base: {REPO / 'experiments' / 'default.yaml'}\n{body}")
+    return write(tmp_path / "child.yaml", f"base: {REPO / 'experiments' / 'tiny_vit.yaml'}\n{body}")
 
 
 def test_inheritance_overrides_and_interpolation(tmp_path: Path):
@@ -81,7 +81,7 @@ def test_missing_file_and_base_cycle(tmp_path: Path):
     ],
 )
 def test_bad_components_fail_at_build_time_with_a_clear_message(overrides, expected):
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES[:1] + overrides)
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES[:1] + overrides)
     datamodule = build_datamodule(experiment)
     with pytest.raises(ConfigError, match=expected):
         build_module(experiment, datamodule)

@@ -38,7 +38,7 @@ def overrides(data: dict, run_dir: Path) -> list[str]:
 @pytest.mark.parametrize("layout", sorted(set(LAYOUTS) - {"rs5m"}))
 def test_domain_datamodule_trains_on_its_published_layout(tmp_path: Path, layout: str) -> None:
     data = LAYOUTS[layout](tmp_path / "data")
-    run_dir = fit(str(REPO / "experiments" / "default.yaml"), overrides(data, tmp_path / "run"))
+    run_dir = fit(str(REPO / "experiments" / "tiny_vit.yaml"), overrides(data, tmp_path / "run"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     samples = TRAIN_SAMPLES[layout]
     shards = "train" in data
@@ -51,7 +51,7 @@ def test_domain_datamodule_trains_on_its_published_layout(tmp_path: Path, layout
 def test_vlp_fit_command_trains_on_rs5m_shards(tmp_path: Path) -> None:
     data = LAYOUTS["rs5m"](tmp_path / "data")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "vlp", "fit", str(REPO / "experiments" / "default.yaml"), *overrides(data, tmp_path / "run")]
+    command = [sys.executable, "-m", "vlp", "fit", str(REPO / "experiments" / "tiny_vit.yaml"), *overrides(data, tmp_path / "run")]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -37,7 +37,7 @@ def test_csv_datamodule_trains_through_fit_and_reports_its_bad_image(tmp_path: P
     train, val = write_shapes_csv(tmp_path / "data")
     model_and_trainer = [o for o in TINY_OVERRIDES if o.startswith(("model.", "trainer."))]
     run_dir = fit(
-        str(REPO / "experiments" / "default.yaml"),
+        str(REPO / "experiments" / "tiny_vit.yaml"),
         model_and_trainer
         + [
             f"data={{name: csv, train: {train}, val: {val}, root: {tmp_path / 'data'}, image_size: 16, batch_size: {BATCH}, max_bad_fraction: 0.05}}",

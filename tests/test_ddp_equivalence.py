@@ -52,7 +52,7 @@ class FixedData(L.LightningDataModule):
 
 
 def test_clip_ddp_two_processes_equals_single_process_global_batch(tmp_path: Path):
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES + ["optim.name=sgd", "optim.warmup_steps=0"])
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES + ["optim.name=sgd", "optim.warmup_steps=0"])
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)
     module = build_module(experiment, datamodule)

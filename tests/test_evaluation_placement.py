@@ -42,7 +42,7 @@ def test_fit_evaluates_before_and_after_training_on_the_training_device(tiny_ove
         return original(self, datamodule)
 
     monkeypatch.setattr(VLPModule, "evaluate", evaluate)
-    run_dir = fit(str(REPO / "experiments" / "default.yaml"), tiny_overrides + ["evaluate_before=true", "data.train_size=64",
+    run_dir = fit(str(REPO / "experiments" / "tiny_vit.yaml"), tiny_overrides + ["evaluate_before=true", "data.train_size=64",
                                                                               "trainer.limit_val_batches=0"])
     assert seen == [True, True]  # before and after, both inside fit
     result = json.loads((run_dir / "metrics.json").read_text())
@@ -62,7 +62,7 @@ def test_costly_evaluations_run_only_before_and_after_training(tiny_overrides, m
             return _original(self, encoder, source)
         monkeypatch.setattr(cls, "__call__", counted)
     evaluations = "eval=[{name: zero_shot}, {name: retrieval, every_validation: false}, {name: linear_probe, steps_per_decade: 1}]"
-    fit(str(REPO / "experiments" / "default.yaml"), tiny_overrides + ["evaluate_before=true", "data.train_size=64", "data.val_size=30",
+    fit(str(REPO / "experiments" / "tiny_vit.yaml"), tiny_overrides + ["evaluate_before=true", "data.train_size=64", "data.val_size=30",
                                                                      "trainer.max_epochs=2", evaluations])
     assert calls == {"zero_shot": 4, "retrieval": 2, "linear_probe": 2}  # 2 validations + before + after
 
@@ -71,7 +71,7 @@ def test_every_validation_must_be_a_boolean(tiny_overrides):
     from vlp.registry import ConfigError
 
     with pytest.raises(ConfigError, match=r"eval\[0\]\.every_validation.*true or false"):
-        load_experiment(REPO / "experiments" / "default.yaml", tiny_overrides + ["eval=[{name: zero_shot, every_validation: often}]"])
+        load_experiment(REPO / "experiments" / "tiny_vit.yaml", tiny_overrides + ["eval=[{name: zero_shot, every_validation: often}]"])
 
 
 def count_work(module) -> dict[str, int]:
@@ -98,7 +98,7 @@ def count_work(module) -> dict[str, int]:
 
 
 def evaluate_with_counts() -> tuple[dict[str, float], dict[str, int]]:
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", EVAL_OVERRIDES)
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", EVAL_OVERRIDES)
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")

@@ -33,7 +33,7 @@ def test_fsdp2_two_processes_equal_one_process_with_lora_and_locked_towers(tmp_p
     from test_ddp_equivalence import GLOBAL_BATCH
     from vlp.data.base import Collate
 
-    experiment = str(REPO / "experiments" / "default.yaml")
+    experiment = str(REPO / "experiments" / "tiny_vit.yaml")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, str(TESTS / "fsdp_equivalence_script.py"), str(tmp_path), experiment, *OVERRIDES],
                             env=env, capture_output=True, text=True, timeout=900)

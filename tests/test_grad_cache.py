@@ -37,7 +37,7 @@ def loss_and_grads(module, compute) -> tuple[torch.Tensor, dict[str, torch.Tenso
     return loss.detach(), {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("experiment", ["default.yaml", "siglip.yaml", "clip_filip_hn.yaml"])
+@pytest.mark.parametrize("experiment", ["tiny_vit.yaml", "siglip.yaml", "clip_filip_hn.yaml"])
 def test_micro_batches_give_the_full_batch_loss_and_every_gradient(experiment: str):
     """12 samples as 5 uneven micro-batches; FILIP reads token embeddings (a projection of cached tokens)."""
     module, batch = built(experiment)
@@ -52,7 +52,7 @@ def test_micro_batches_give_the_full_batch_loss_and_every_gradient(experiment: s
 
 def test_plain_accumulation_is_not_the_full_batch_gradient():
     """Why GradCache exists: averaging the micro-batches' own losses drops the cross-micro-batch negatives."""
-    module, batch = built("default.yaml")
+    module, batch = built("tiny_vit.yaml")
     full_loss, full = loss_and_grads(module, lambda: module._objective_losses(batch, "train"))
     parts = split_batch(batch, 3)
     accumulated_loss, _ = loss_and_grads(module, lambda: sum(module._objective_losses(p, "train") for p in parts) / 3)
@@ -61,7 +61,7 @@ def test_plain_accumulation_is_not_the_full_batch_gradient():
 
 def test_dropout_is_replayed_so_the_cached_and_graph_passes_agree():
     """With one micro-batch, GradCache's two tower passes must draw the same dropout masks as one plain pass."""
-    module, batch = built("default.yaml", DROPOUT)
+    module, batch = built("tiny_vit.yaml", DROPOUT)
     module.train()
     torch.manual_seed(5)
     plain_loss, plain = loss_and_grads(module, lambda: module._objective_losses(batch, "train"))
@@ -78,7 +78,7 @@ def test_dropout_is_replayed_so_the_cached_and_graph_passes_agree():
 
 def test_micro_batches_below_one_are_refused_with_the_fix():
     with pytest.raises(ConfigError, match="grad_cache_micro_batches must be 1"):
-        built("default.yaml", ["optim.grad_cache_micro_batches=0"])
+        built("tiny_vit.yaml", ["optim.grad_cache_micro_batches=0"])
 
 
 @pytest.mark.slow
@@ -90,7 +90,7 @@ def test_yaml_switch_trains_through_lightning_to_the_same_weights_as_the_full_ba
                                "trainer.limit_val_batches=0", "optim.name=sgd", "optim.lr=0.5", "eval=[]"]
     states = []
     for name, extra in (("full", []), ("cached", ["optim.grad_cache_micro_batches=4"])):
-        run_dir = fit(str(REPO / "experiments" / "default.yaml"), common + extra + [f"run_dir={tmp_path / name}"])
+        run_dir = fit(str(REPO / "experiments" / "tiny_vit.yaml"), common + extra + [f"run_dir={tmp_path / name}"])
         states.append(load_vlp_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"])
     initial = build_module(*_experiment_and_data(common)).state_dict()
     moved = [k for k in states[0] if states[0][k].is_floating_point() and not torch.equal(states[0][k], initial[k].to(states[0][k].dtype))]
@@ -102,7 +102,7 @@ def test_yaml_switch_trains_through_lightning_to_the_same_weights_as_the_full_ba
 def _experiment_and_data(overrides: list[str]):
     import lightning as L
 
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", overrides)
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", overrides)
     L.seed_everything(experiment.run.seed, workers=True, verbose=False)
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
@@ -119,7 +119,7 @@ def test_grad_cache_under_ddp_two_processes_equals_the_single_process_global_bat
     from test_ddp_equivalence import GLOBAL_BATCH, FixedData, RecordGradients, _dataset
     from vlp.data.base import Collate
 
-    experiment = load_experiment(REPO / "experiments" / "default.yaml",
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml",
                                  TINY_OVERRIDES + ["optim.name=sgd", "optim.warmup_steps=0", "optim.grad_cache_micro_batches=2"])
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)

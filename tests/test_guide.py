@@ -24,7 +24,7 @@ def test_guide_example_objective_trains_and_logs(tmp_path: Path, tiny_overrides,
     (package / "__init__.py").write_text("")
     (package / "uniformity.py").write_text(blocks("python")[0])
     monkeypatch.syspath_prepend(str(tmp_path))
-    yaml_text = blocks("yaml")[0].replace("base: default.yaml", f"base: {REPO / 'experiments' / 'default.yaml'}")
+    yaml_text = blocks("yaml")[0].replace("base: tiny_vit.yaml", f"base: {REPO / 'experiments' / 'tiny_vit.yaml'}")
     experiment = tmp_path / "uniformity.yaml"
     experiment.write_text(yaml_text)
     run_dir = fit(str(experiment), tiny_overrides)

@@ -51,7 +51,7 @@ def install(tmp_path: Path, monkeypatch):
     def write(name: str, module: str, replace: dict[str, str] = {}) -> Path:
         code, yaml_text = recipe(name)
         (package / f"{module}.py").write_text(code)
-        yaml_text = yaml_text.replace("base: default.yaml", f"base: {REPO / 'experiments' / 'default.yaml'}")
+        yaml_text = yaml_text.replace("base: tiny_vit.yaml", f"base: {REPO / 'experiments' / 'tiny_vit.yaml'}")
         for old, new in replace.items():
             yaml_text = yaml_text.replace(old, new)
         path = tmp_path / f"{module}.yaml"

@@ -43,7 +43,7 @@ class StepCounter(Objective):
 def test_after_optimizer_step_runs_once_per_step_with_accumulation(tiny_overrides):
     StepCounter.optimizer_steps = StepCounter.masked_views = 0
     run_dir = fit(
-        str(REPO / "experiments" / "default.yaml"),
+        str(REPO / "experiments" / "tiny_vit.yaml"),
         tiny_overrides + ["model.objectives=[{name: clip}, {name: test_step_counter, weight: 1.0}]",
                           "trainer.accumulate_grad_batches=2", "trainer.limit_val_batches=0"],
     )

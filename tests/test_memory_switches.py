@@ -20,7 +20,7 @@ from conftest import REPO, TINY_OVERRIDES
 
 
 def loss_and_grads(switches: list[str], count_blocks: bool = False):
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES + switches)
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES + switches)
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
@@ -61,4 +61,4 @@ def test_compiled_towers_give_the_same_loss_and_gradients():
 
 def test_grad_checkpointing_must_be_a_boolean():
     with pytest.raises(ConfigError, match="grad_checkpointing"):
-        load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES + ["model.image_encoder.grad_checkpointing=sometimes"])
+        load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES + ["model.image_encoder.grad_checkpointing=sometimes"])

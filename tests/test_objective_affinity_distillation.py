@@ -19,7 +19,7 @@ from vlp.text.word_tokenizer import build_word_tokenizer
 
 from conftest import REPO, TINY_OVERRIDES
 
-EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ COCA = "{name: coca, decoder_width: 32, decoder_depth: 1, heads: 2, image_querie
 
 def tiny_module(tmp_path: Path, objectives: str = COCA, extra: tuple[str, ...] = ()):
     experiment = load_experiment(
-        str(REPO / "experiments" / "default.yaml"),
+        str(REPO / "experiments" / "tiny_vit.yaml"),
         TINY_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"model.objectives=[{objectives}]", *extra],
     )
     datamodule = build_datamodule(experiment)

@@ -23,7 +23,7 @@ DECODER = "decoder_width: 16, decoder_depth: 1, decoder_heads: 2"
 def tiny(objectives: str):
     """A float64 module with a 4x4-patch ViT and one batch of 4 of the shapes data."""
     experiment = load_experiment(
-        REPO / "experiments" / "default.yaml",
+        REPO / "experiments" / "tiny_vit.yaml",
         TINY_OVERRIDES + [VIT, f"model.objectives={objectives}", "data.train_size=16", "data.batch_size=4"],
     )
     torch.manual_seed(0)

@@ -26,7 +26,7 @@ from conftest import LEARNING_OVERRIDES, REPO, TINY_OVERRIDES
 
 def tiny_module(objective: str, tmp_path: Path):
     experiment = load_experiment(
-        str(REPO / "experiments" / "default.yaml"),
+        str(REPO / "experiments" / "tiny_vit.yaml"),
         TINY_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"model.objectives=[{objective}]"],
     )
     datamodule = build_datamodule(experiment)
@@ -104,7 +104,7 @@ def test_mlm_pointed_at_an_unmasked_view_says_so(tmp_path: Path):
 
 def test_a_yaml_bert_mask_view_sets_the_masking_rate(tmp_path: Path):
     experiment = load_experiment(
-        str(REPO / "experiments" / "default.yaml"),
+        str(REPO / "experiments" / "tiny_vit.yaml"),
         TINY_OVERRIDES + [f"run_dir={tmp_path / 'run'}", "model.objectives=[{name: mlm, text_view: all}]",
                           "model.views={all: {name: bert_mask, mask_probability: 1.0, replace_with_mask: 1.0, replace_with_random: 0.0}}"],
     )
@@ -120,7 +120,7 @@ def test_a_yaml_bert_mask_view_sets_the_masking_rate(tmp_path: Path):
     real = maskable_tokens(batch.input_ids, batch.attention_mask, special)
     assert torch.equal(masked.meta[LABELS] != IGNORE_INDEX, real)
     assert (masked.input_ids[real] == module.encoder.text_tower.tokenizer.mask_token_id).all()
-    bad = load_experiment(str(REPO / "experiments" / "default.yaml"),
+    bad = load_experiment(str(REPO / "experiments" / "tiny_vit.yaml"),
                           TINY_OVERRIDES + ["model.views={bad: {name: bert_mask, mask_probability: 0.0}}"])
     with pytest.raises(ConfigError, match="mask_probability"):
         build_module(bad, datamodule)

@@ -14,7 +14,7 @@ from vlp.run import fit
 
 from conftest import REPO, TINY_OVERRIDES
 
-EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 LATE_SIGLIP = "model.objectives=[{name: clip}, {name: siglip, active: [0.5, 1.0]}]"
 
 

@@ -14,7 +14,7 @@ from vlp.views.random_crops import random_resized_crops
 
 from conftest import REPO, TINY_OVERRIDES, run_vlp
 
-EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 SILC = "model.objectives=[{name: clip}, {name: silc, out_dim: 64, hidden_dim: 32, bottleneck_dim: 16, local_crops: 2}]"
 # experiments/silc.yaml shrunk to the same head, as a command-line override of its second objective.
 SMALL_SILC_YAML = ["model.objectives.1.out_dim=64", "model.objectives.1.hidden_dim=32", "model.objectives.1.bottleneck_dim=16",

@@ -24,7 +24,7 @@ GRID_OVERRIDES = [
 
 def tiny_module(objectives: str, tmp_path: Path, extra: list[str] = ()):
     overrides = TINY_OVERRIDES + GRID_OVERRIDES + [f"run_dir={tmp_path / 'run'}", f"model.objectives={objectives}", *extra]
-    experiment = load_experiment(str(REPO / "experiments" / "default.yaml"), overrides)
+    experiment = load_experiment(str(REPO / "experiments" / "tiny_vit.yaml"), overrides)
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)

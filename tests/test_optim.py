@@ -14,7 +14,7 @@ from conftest import REPO, TINY_OVERRIDES
 
 
 def test_no_decay_on_biases_norms_embeddings_and_temperature():
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES)
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES)
     module = build_module(experiment, build_datamodule(experiment))
     decay, no_decay = parameter_groups(module, 0.1)
     names = {id(p): n for n, p in module.named_parameters()}

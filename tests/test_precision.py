@@ -89,7 +89,7 @@ class RecordDtypes(L.Callback):
 
 
 def test_bf16_mixed_trains_on_cpu_with_bf16_towers_and_a_float32_loss(tmp_path):
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES + ["data.train_size=64"])
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES + ["data.train_size=64"])
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)
     module = build_module(experiment, datamodule)

@@ -63,7 +63,7 @@ def test_a_pretrained_tower_trains_in_train_mode(tmp_path: Path):
     from vlp.data.shapes import ShapesDataModule
     from vlp.build import build_module
 
-    experiment = load_experiment(str(REPO / "experiments" / "default.yaml"), overrides(tmp_path / "run"))
+    experiment = load_experiment(str(REPO / "experiments" / "tiny_vit.yaml"), overrides(tmp_path / "run"))
     module = build_module(experiment, ShapesDataModule(image_size=32, train_size=8, val_size=8))
     backbone = module.encoder.text_tower.backbone
     assert [name for name, m in backbone.named_modules() if not m.training] == []
@@ -72,7 +72,7 @@ def test_a_pretrained_tower_trains_in_train_mode(tmp_path: Path):
 
 @pytest.mark.slow
 def test_lora_on_pretrained_minilm_trains_exports_and_reloads(tmp_path: Path):
-    run_dir = fit(str(REPO / "experiments" / "default.yaml"), overrides(tmp_path / "run"))
+    run_dir = fit(str(REPO / "experiments" / "tiny_vit.yaml"), overrides(tmp_path / "run"))
     result = json.loads((run_dir / "metrics.json").read_text())
     assert result["metrics"]["zeroshot/colour/top1"] > 0.5  # chance 1/8
     assert result["change"]["zeroshot/colour/top1"] > 0.3

@@ -83,7 +83,7 @@ def test_tool_writes_every_shard_with_its_members(reinforced):
 
 def test_replayed_batch_and_stored_loss_equal_the_online_teacher(reinforced):
     root = reinforced["root"]
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", overrides(root))
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", overrides(root))
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     module = build_module(experiment, datamodule)

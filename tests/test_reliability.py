@@ -32,7 +32,7 @@ from conftest import REPO, TINY_OVERRIDES
 from test_pretrained_hf import clip_dir  # noqa: F401  (fixture)
 from test_pretrained_open_clip import bpe_tokenizer, save, tiny_open_clip  # noqa: F401  (fixture)
 
-EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 BOUND = math.log(100.0)
 BOUND32 = torch.tensor(BOUND).item()  # the bound as the float32 parameter can hold it
 
@@ -174,7 +174,7 @@ BAD_INPUT = [
     ("model.text_encoder.config.hiden_size=64", 'Unknown key `model.text_encoder.config.hiden_size` in the command line: CLIPTextConfig has no field `hiden_size`. Did you mean "hidden_size"?'),
     ("model.text_encoder.config.model_type=clip_text_modle", '`model.text_encoder.config.model_type` in the command line is "clip_text_modle"'),
     ("model.image_encoder.model_kwargs.depht=1", "Unknown key `model.image_encoder.model_kwargs.depht` in the command line"),
-    # default.yaml writes data.image_size: ${model.image_encoder.model_kwargs.img_size}; the value came from the command line
+    # tiny_vit.yaml writes data.image_size: ${model.image_encoder.model_kwargs.img_size}; the value came from the command line
     ("model.image_encoder.model_kwargs.img_size=-3", "`data.image_size` in the command line is -3"),
     ("data.train_size=16", "`data` gives 16 training samples, fewer than one batch of data.batch_size=32"),
     ("data.image_size=24", "The training images (24x24) do not fit the image tower"),

@@ -18,7 +18,7 @@ from vlp.optim import warmup_cosine
 from vlp.registry import ConfigError
 from vlp.report import confusion_matrix
 
-EXPERIMENT = REPO / "experiments" / "default.yaml"
+EXPERIMENT = REPO / "experiments" / "tiny_vit.yaml"
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 
 from conftest import REPO, TINY_OVERRIDES
 
-EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 # 256 / 32 = 8 optimizer steps per epoch, 16 in all; last.ckpt rewritten every 3 steps.
 RUN = TINY_OVERRIDES + ["trainer.max_epochs=2", "checkpoint.every_n_steps=3", "eval=[]"]
 

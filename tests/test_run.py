@@ -14,7 +14,7 @@ from vlp.registry import ConfigError
 
 from conftest import REPO
 
-EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 
 
 def test_fit_resume_eval_round_trip(tiny_overrides, tmp_path: Path):

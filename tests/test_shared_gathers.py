@@ -34,7 +34,7 @@ def first_patches(batch: int, num_patches: int, keep: int, device=None) -> torch
 
 def build():
     experiment = load_experiment(
-        REPO / "experiments" / "default.yaml",
+        REPO / "experiments" / "tiny_vit.yaml",
         TINY_OVERRIDES + ["model.objectives=[{name: clip}, {name: filip}, {name: hn_nce}, {name: flip, mask_ratio: 0.5}]"],
     )
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ class Scaler:
 
 
 def test_hooks_skip_a_step_the_scaler_skipped(monkeypatch):
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES)
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES)
     datamodule = build_datamodule(experiment)
     module = build_module(experiment, datamodule)
     calls = []

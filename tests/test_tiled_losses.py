@@ -156,7 +156,7 @@ def built(experiment: str, overrides: list[str]):
     return build_module(loaded, datamodule), datamodule.on_after_batch_transfer(next(iter(datamodule.train_dataloader())), 0)
 
 
-@pytest.mark.parametrize("experiment", ["default.yaml", "siglip.yaml"])
+@pytest.mark.parametrize("experiment", ["tiny_vit.yaml", "siglip.yaml"])
 def test_yaml_tile_size_gives_the_dense_objectives_loss_and_gradients(experiment: str):
     """Both towers in float64, so every parameter's gradient matches to float64 precision."""
     dense, batch = built(experiment, [])
@@ -179,4 +179,4 @@ def test_a_tile_size_below_one_is_refused_with_the_fix():
     from vlp.registry import ConfigError
 
     with pytest.raises(ConfigError, match="tile_size must be a positive"):
-        built("default.yaml", ["model.objectives.0.tile_size=0"])
+        built("tiny_vit.yaml", ["model.objectives.0.tile_size=0"])

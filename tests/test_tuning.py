@@ -14,7 +14,7 @@ from conftest import REPO, TINY_OVERRIDES
 
 
 def build(*overrides: str):
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", TINY_OVERRIDES + list(overrides))
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", TINY_OVERRIDES + list(overrides))
     torch.manual_seed(0)
     return build_module(experiment, build_datamodule(experiment))
 

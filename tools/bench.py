@@ -5,7 +5,7 @@ the same optimizer and schedule; only the training machinery differs. Each mode 
 in its own subprocess (so peak memory is per mode), the modes alternate for ``--rounds``
 rounds, and the medians are compared. Usage::
 
-    python tools/bench.py [experiments/default.yaml] [--steps 60] [--rounds 2] [key=value ...]
+    python tools/bench.py [experiments/tiny_vit.yaml] [--steps 60] [--rounds 2] [key=value ...]
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", nargs="?", default=str(REPO / "experiments" / "default.yaml"))
+    parser.add_argument("experiment", nargs="?", default=str(REPO / "experiments" / "tiny_vit.yaml"))
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)

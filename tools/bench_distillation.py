@@ -40,7 +40,7 @@ def step_times(objectives: str, steps: int, batch_size: int, teacher_extras: dic
     from vlp.optim import build_optimizer
     from vlp.step import Step
 
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", [f"model.objectives={objectives}", f"data.batch_size={batch_size}",
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", [f"model.objectives={objectives}", f"data.batch_size={batch_size}",
                                                                          f"data.train_size={batch_size * (steps + 3)}"])
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")

@@ -4,7 +4,7 @@
     python tools/bench_gpu.py --batch-size 512 --steps 30 --compile
     python tools/bench_gpu.py --tiny --peak-tflops 1  # a tiny model on CPU (what the test runs)
 
-The model is vlp's own: ``experiments/default.yaml`` with the towers set to CLIP ViT-B/16
+The model is vlp's own: ``experiments/tiny_vit.yaml`` with the towers set to CLIP ViT-B/16
 (timm ``vit_base_patch16_224``; text: 12 layers, width 512, 8 heads, 77 tokens; embedding 512)
 and the CLIP objective. Batches are random pixels and token ids already on the device, so
 the number is the model's training speed (forward, loss, backward, AdamW step), not the
@@ -95,7 +95,7 @@ def build(overrides: list[str], device: torch.device):
     from vlp.build import build_datamodule, build_module
     from vlp.config.experiment import load_experiment
 
-    experiment = load_experiment(REPO / "experiments" / "default.yaml", overrides)
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", overrides)
     datamodule = build_datamodule(experiment)
     datamodule.setup("fit")
     return build_module(experiment, datamodule).to(device)

@@ -10,7 +10,7 @@ shared, each child runs one thread and the stable measures are the process's CPU
 step (the work a step does) and the peak resident memory during the steps (VmHWM, reset
 after setup), next to the wall time. Usage::
 
-    python tools/bench_objectives.py [experiments/default.yaml] [--steps 20] [--rounds 2] [key=value ...]
+    python tools/bench_objectives.py [experiments/tiny_vit.yaml] [--steps 20] [--rounds 2] [key=value ...]
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def peak_memory(device: torch.device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("experiment", nargs="?", default=str(REPO / "experiments" / "default.yaml"))
+    parser.add_argument("experiment", nargs="?", default=str(REPO / "experiments" / "tiny_vit.yaml"))
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

@@ -1,6 +1,6 @@
 """Step time and peak memory: 1 process vs 2 DDP processes vs 2 FSDP2 processes, side by side.
 
-Every mode trains the experiment's towers (default: experiments/default.yaml) on the same
+Every mode trains the experiment's towers (default: experiments/tiny_vit.yaml) on the same
 global batch (2 processes take half each) through Lightning's Trainer with vlp's module,
 for ``--steps`` steps; the first ``--warmup`` are not timed. Each mode runs in its own
 subprocess (Lightning re-runs it once per extra rank) and reports the median step time
@@ -8,7 +8,7 @@ and the peak memory of its largest rank during training: accelerator memory on a
 on a CPU the peak resident set size, reset when training starts (Linux ``clear_refs``), so
 it includes the interpreter, libraries and data already loaded. Usage::
 
-    python tools/bench_parallel.py [experiments/default.yaml] [--steps 20] [--batch 128] [key=value ...]
+    python tools/bench_parallel.py [experiments/tiny_vit.yaml] [--steps 20] [--batch 128] [key=value ...]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _sync() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("experiment", nargs="?", default=str(REPO / "experiments" / "default.yaml"))
+    parser.add_argument("experiment", nargs="?", default=str(REPO / "experiments" / "tiny_vit.yaml"))
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

@@ -47,7 +47,7 @@ def pretrained_overrides(workdir: Path) -> list[str]:
 
 
 def child(args: argparse.Namespace) -> None:
-    experiment, module, batches = prepare(str(REPO / "experiments" / "default.yaml"), args.overrides + MODES[args.mode], args.steps)
+    experiment, module, batches = prepare(str(REPO / "experiments" / "tiny_vit.yaml"), args.overrides + MODES[args.mode], args.steps)
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
     checkpoint = {"state_dict": module.state_dict()}
     module.on_save_checkpoint(checkpoint)

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT = str(REPO / "experiments" / "default.yaml")
+EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 SMALL = [
     "model.embed_dim=64",
     "model.image_encoder.model_kwargs={img_size: 32, patch_size: 4, embed_dim: 48, depth: 1, num_heads: 3, mlp_ratio: 2.0}",

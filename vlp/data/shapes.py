@@ -61,18 +61,22 @@ class Thing:
         return f"a {self.size} {self.colour} {self.shape}"
 
 
-def captions_for(things: list[Thing]) -> list[str]:
-    """Three captions, from specific to generic, in reading order.
+def captions_for(things: list[Thing], colour_only: bool = False) -> list[str]:
+    """Three captions (four with ``colour_only``), from specific to generic, in reading order.
 
     With positions ("a small red circle at the top left"), without ("a small red circle"),
-    and shapes only ("a circle"). Real alt-texts vary in specificity the same way; the
-    generic ones make prompts such as "a circle" part of the language the model learns.
+    shapes only ("a circle") and, with ``colour_only``, colours only ("a red shape"). Real
+    alt-texts vary in specificity the same way; the generic ones make prompts such as
+    "a circle" part of the language the model learns. A model that binds colour to shape
+    tightly (a CNN learns shape fast) needs the colour-only form to keep colour words
+    meaningful across shapes, which colour prompt ensembles over shapes rely on.
     """
     ordered = sorted(things, key=lambda t: t.cell)
     detailed = " and ".join(f"{t.words()} at the {t.position}" for t in ordered)
     short = " and ".join(t.words() for t in ordered)
     generic = " and ".join(f"a {t.shape}" for t in ordered)
-    return [detailed, short, generic]
+    colours = [" and ".join(f"a {t.colour} shape" for t in ordered)] if colour_only else []
+    return [detailed, short, generic, *colours]
 
 
 def shape_mask(shape: str, dy: np.ndarray, dx: np.ndarray, radius: float) -> np.ndarray:
@@ -223,6 +227,7 @@ class ShapesDataModule(ImageTextDataModule):
         val_size: int = 1000,
         two_shape_probability: float = 0.5,
         shape_variants: int = 1,
+        colour_only_captions: bool = False,
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
@@ -236,12 +241,13 @@ class ShapesDataModule(ImageTextDataModule):
         if shape_variants < 1:
             raise ConfigError(f"data.shape_variants is {shape_variants}; use 1 (independent scenes) or more (shape variants per layout).")
         self.shape_variants = shape_variants
+        self.colour_only_captions = colour_only_captions
 
     def build(self) -> None:
         images, scenes = generate(self.train_size, self.image_size, self.seed, False, self.two_shape_probability, variants=self.shape_variants)
-        self.train_set = ImageCaptionDataset(images, [captions_for(s) for s in scenes])
+        self.train_set = ImageCaptionDataset(images, [captions_for(s, self.colour_only_captions) for s in scenes])
         val_images, self.val_scenes = generate(self.val_size, self.image_size, self.seed + 1, True, self.two_shape_probability, distinct=True)
-        self.val_set = ImageCaptionDataset(val_images, [captions_for(s) for s in self.val_scenes])
+        self.val_set = ImageCaptionDataset(val_images, [captions_for(s, self.colour_only_captions) for s in self.val_scenes])
 
     def train_sampler(self, dataset: Dataset, generator: torch.Generator) -> Sampler[int]:
         """With shape variants, each batch holds whole families, so its negatives include the same scene in other shapes."""
@@ -251,7 +257,8 @@ class ShapesDataModule(ImageTextDataModule):
 
     def caption_corpus(self) -> list[str]:
         words = [" ".join(SHAPES), " ".join(COLOURS), " ".join(SIZES), " ".join(ROWS + COLUMNS)]
-        return words + ["a at the and"] + SHAPE_TEMPLATES + COLOUR_TEMPLATES
+        colour_only = ["shape"] if self.colour_only_captions else []
+        return words + ["a at the and"] + colour_only + SHAPE_TEMPLATES + COLOUR_TEMPLATES
 
     def zero_shot_tasks(self) -> list[ZeroShotTask]:
         single = [i for i, s in enumerate(self.val_scenes) if len(s) == 1]
