@@ -1,11 +1,12 @@
-"""Samples/s of decoding + augmenting from shards (1 and 2 workers) next to a plain PIL loop over the same files.
+"""Samples/s of decoding + augmenting from shards (in process, 1 and 2 workers) next to a plain PIL loop over the same files.
 
     python tools/bench_data.py --images 512 --size 256     # generated JPEGs, in a temporary folder
 
 The plain loops run in this process: ``plain_pil_float`` is the old baseline (full decode,
 float transform); ``plain_pil`` does what a loader worker does per sample (uint8 pixels,
 draft decoding of large JPEGs). The shard loops run the training loader of
-:class:`WebDatasetDataModule`. Besides samples/s (wall clock), each line gives CPU
+:class:`WebDatasetDataModule`, in this process (0 workers: the pipeline's own cost, no
+inter-process transfer) and with 1 and 2 worker processes. Besides samples/s (wall clock), each line gives CPU
 milliseconds per sample over every process involved (main and workers), which a busy
 shared machine disturbs much less. The last lines give the ratios and how many workers
 would feed a given rate (``--target``, e.g. a ViT-B/16 at 4,000 images/s) at the measured
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pattern = f"{tmp}/shards/shard-{{000000..{len(list((folder / 'shards').glob('*.tar'))) - 1:06d}}}.tar"
         measured = {"plain_pil_float": timed(plain_float_loop, folder, args.images, args.image_size),
                     "plain_pil": timed(plain_loop, folder, args.images, args.image_size)}
-        for workers in (1, 2):
+        for workers in (0, 1, 2):
             measured[f"shards_{workers}_worker"] = timed(shard_loop, pattern, args.images, args.image_size, workers)
     print(f"{args.images} JPEGs, short side {args.size} -> {args.image_size} px")
     for name, (rate, cpu_ms) in measured.items():
@@ -136,7 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cpu = {name: cpu_ms for name, (_, cpu_ms) in measured.items()}
     per_worker = 1000 / cpu["shards_1_worker"]  # samples/s one fully busy worker sustains
     print(f"shards (1 worker) / plain PIL: {results['shards_1_worker'] / results['plain_pil']:.2f}x wall clock, "
-          f"{cpu['plain_pil'] / cpu['shards_1_worker']:.2f}x by CPU time; 2 workers / 1 worker: "
+          f"{cpu['plain_pil'] / cpu['shards_1_worker']:.2f}x by CPU time; shards (0 workers) / plain PIL: "
+          f"{results['shards_0_worker'] / results['plain_pil']:.2f}x wall clock, {cpu['plain_pil'] / cpu['shards_0_worker']:.2f}x by CPU time; "
+          f"2 workers / 1 worker: "
           f"{results['shards_2_worker'] / results['shards_1_worker']:.2f}x; "
           f"vs the old float baseline: {cpu['plain_pil_float'] / cpu['shards_1_worker']:.2f}x by CPU time")
     print(f"workers (one core each) to feed {args.target:.0f} samples/s at {per_worker:.0f} samples/s per worker: "
