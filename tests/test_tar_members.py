@@ -163,7 +163,7 @@ def test_a_damaged_header_is_an_error_where_tarfile_silently_stopped():
 
 
 def test_damaged_and_compressed_shards_through_the_pipeline(tmp_path: Path):
-    """A damaged header mid-shard is counted as a shard read error (tarfile dropped the rest uncounted); a .tar.gz reads as before."""
+    """A damaged header mid-shard is counted as a shard read error (tarfile dropped the rest uncounted); .tar.gz and piped shards read as before."""
     members = [m for i in range(4) for m in ((f"g{i}.png", png_bytes(tmp_path, i)), (f"g{i}.txt", f"caption {i}".encode()))]
     tar_with(tmp_path / "s-0.tar", members)
     whole = (tmp_path / "s-0.tar").read_bytes()
@@ -171,8 +171,10 @@ def test_damaged_and_compressed_shards_through_the_pipeline(tmp_path: Path):
     read = partial(shard_samples, handler=reraise_exception)
     plain = list(read([{"url": str(tmp_path / "s-0.tar")}]))
     compressed = list(read([{"url": str(tmp_path / "s-0.tar.gz")}]))
+    piped = list(read([{"url": f"pipe:cat {tmp_path / 's-0.tar'}"}]))  # a stream that is not a file, as from a remote store
     assert [s["__key__"] for s in plain] == ["g0", "g1", "g2", "g3"]
-    assert [{k: v for k, v in s.items() if k != "__url__"} for s in compressed] == [{k: v for k, v in s.items() if k != "__url__"} for s in plain]
+    for other in (compressed, piped):
+        assert [{k: v for k, v in s.items() if k != "__url__"} for s in other] == [{k: v for k, v in s.items() if k != "__url__"} for s in plain]
     damaged = bytearray(whole)
     damaged[block_starts(whole)[4] + 10] ^= 0xFF  # the header of g2.png
     (tmp_path / "s-0.tar").write_bytes(bytes(damaged))
