@@ -14,9 +14,10 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 from test_data_fixtures import tokenize, write_image
+from torch.utils.data import DataLoader, IterableDataset
 
 from vlp.batch import Batch
-from vlp.data.base import Collate
+from vlp.data.base import Collate, stack_pixels
 from vlp.data.decode import open_image
 from vlp.data.transforms import data_config, image_transform, unit_float
 from vlp.data.web_shards import WebDatasetDataModule
@@ -55,6 +56,30 @@ def test_collate_keeps_uint8_only_when_asked():
     assert Collate(tokenize, sample_caption=False, keep_uint8=True)(items).images.dtype == torch.uint8
     floats = Collate(tokenize, sample_caption=False)(items).images
     assert floats.dtype == torch.float32 and floats[0].eq(1).all() and floats[1].eq(0).all()
+
+
+def pil_tensors(count: int) -> list[torch.Tensor]:
+    """uint8 images as pil_to_tensor leaves them: (C, H, W) views of (H, W, C) pixels (evaluation transform: the same in any process)."""
+    transform = image_transform(data_config(16), train=False, dtype=torch.uint8)
+    return [transform(Image.fromarray(load_sample_images().images[i % 2])) for i in range(count)]
+
+
+class StackedInWorker(IterableDataset):
+    def __iter__(self):
+        stacked = stack_pixels(pil_tensors(3))
+        yield stacked, stacked.is_shared()
+
+
+def test_stacked_pixels_equal_torch_stack_stored_channels_last_and_made_in_shared_memory_in_workers():
+    images = pil_tensors(3)
+    assert images[0].permute(1, 2, 0).is_contiguous()  # the case stack_pixels copies without transposing
+    stacked = stack_pixels(images)
+    assert torch.equal(stacked, torch.stack(images)) and stacked.is_contiguous(memory_format=torch.channels_last)
+    assert not stacked.is_shared() and torch.equal(unit_float(stacked), torch.stack(images).float() / 255) and unit_float(stacked).is_contiguous()
+    from_worker, shared_there = next(iter(DataLoader(StackedInWorker(), batch_size=None, num_workers=1)))
+    assert shared_there and torch.equal(from_worker, stacked)
+    with pytest.raises(RuntimeError):
+        stack_pixels([images[0], images[0][:, :-1]])
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +121,7 @@ def test_shard_batches_leave_the_loader_as_uint8_and_reach_the_model_as_the_same
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(probe, datamodule=dm)
-    assert len(probe.seen) == 2 and all(images.dtype == torch.float32 for images in probe.seen)
+    assert len(probe.seen) == 2 and all(images.dtype == torch.float32 and images.is_contiguous() for images in probe.seen)
     images = torch.cat(probe.seen)
     assert 0 <= images.min() < images.max() <= 1
     assert torch.equal(unit_float((images * 255).round().to(torch.uint8)), images)  # uint8 / 255, converted after transfer

@@ -1,11 +1,12 @@
-"""Samples/s of decoding + augmenting from shards (1 and 2 workers) next to a plain PIL loop over the same files.
+"""Samples/s of decoding + augmenting from shards (in process, 1 and 2 workers) next to a plain PIL loop over the same files.
 
     python tools/bench_data.py --images 512 --size 256     # generated JPEGs, in a temporary folder
 
 The plain loops run in this process: ``plain_pil_float`` is the old baseline (full decode,
 float transform); ``plain_pil`` does what a loader worker does per sample (uint8 pixels,
 draft decoding of large JPEGs). The shard loops run the training loader of
-:class:`WebDatasetDataModule`. Besides samples/s (wall clock), each line gives CPU
+:class:`WebDatasetDataModule`, in this process (0 workers: the pipeline's own cost, no
+inter-process transfer) and with 1 and 2 worker processes. Besides samples/s (wall clock), each line gives CPU
 milliseconds per sample over every process involved (main and workers), which a busy
 shared machine disturbs much less. The last lines give the ratios and how many workers
 would feed a given rate (``--target``, e.g. a ViT-B/16 at 4,000 images/s) at the measured
@@ -92,23 +93,32 @@ def draft_effect(short_side: int, image_size: int, repeats: int = 20) -> tuple[f
     return times[0], times[1], (outputs[0] - outputs[1]).abs().mean().item()
 
 
-def shard_loop(pattern: str, count: int, image_size: int, workers: int) -> int:
+def shard_loop(pattern: str, count: int, image_size: int, workers: int) -> tuple[int, float, int]:
+    """Samples read, when the first batch arrived, and samples after it (steady state: workers started, buffer filled)."""
     dm = WebDatasetDataModule(train=[pattern], epoch_samples=count, image_size=image_size, batch_size=32, num_workers=workers, shuffle_buffer=100)
     dm.attach_tokenizer(lambda texts: (torch.zeros(len(texts), 1, dtype=torch.long),) * 2)
     dm.setup("fit")
     loader = dm.train_dataloader()
-    seen = 0
+    seen, first_at, first = 0, 0.0, 0
     for batch in loader:
         seen += len(batch)  # uint8 images: the division by 255 happens on the accelerator, after transfer
+        if not first:
+            first_at, first = time.perf_counter(), seen
     del loader  # joins the workers, so their CPU time is counted
-    return seen
+    return seen, first_at, seen - first
 
 
-def timed(run, *args) -> tuple[float, float]:
-    """(samples/s, CPU ms per sample) of one loop."""
+def timed(run, *args) -> tuple[float, float, float]:
+    """(samples/s, CPU ms per sample, samples/s after the first batch) of one loop.
+
+    The last is the shard loops' steady state: a training run with persistent workers pays
+    their start-up (a fork, ~50 CPU ms here) and the shuffle buffer's first fill once.
+    """
     started, cpu = time.perf_counter(), cpu_seconds()
-    seen = run(*args)
-    return seen / (time.perf_counter() - started), 1000 * (cpu_seconds() - cpu) / seen
+    out = run(*args)
+    ended = time.perf_counter()
+    seen, first_at, after_first = out if isinstance(out, tuple) else (out, started, out)
+    return seen / (ended - started), 1000 * (cpu_seconds() - cpu) / seen, after_first / (ended - first_at)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -127,18 +137,23 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pattern = f"{tmp}/shards/shard-{{000000..{len(list((folder / 'shards').glob('*.tar'))) - 1:06d}}}.tar"
         measured = {"plain_pil_float": timed(plain_float_loop, folder, args.images, args.image_size),
                     "plain_pil": timed(plain_loop, folder, args.images, args.image_size)}
-        for workers in (1, 2):
+        for workers in (0, 1, 2):
             measured[f"shards_{workers}_worker"] = timed(shard_loop, pattern, args.images, args.image_size, workers)
     print(f"{args.images} JPEGs, short side {args.size} -> {args.image_size} px")
-    for name, (rate, cpu_ms) in measured.items():
-        print(f"{name:>16}: {rate:8.1f} samples/s {cpu_ms:8.2f} CPU ms/sample")
-    results = {name: rate for name, (rate, _) in measured.items()}
-    cpu = {name: cpu_ms for name, (_, cpu_ms) in measured.items()}
+    for name, (rate, cpu_ms, steady) in measured.items():
+        print(f"{name:>16}: {rate:8.1f} samples/s {cpu_ms:8.2f} CPU ms/sample {steady:8.1f} samples/s after the first batch")
+    results = {name: rate for name, (rate, _, _) in measured.items()}
+    cpu = {name: cpu_ms for name, (_, cpu_ms, _) in measured.items()}
+    steady = {name: rate for name, (_, _, rate) in measured.items()}
     per_worker = 1000 / cpu["shards_1_worker"]  # samples/s one fully busy worker sustains
     print(f"shards (1 worker) / plain PIL: {results['shards_1_worker'] / results['plain_pil']:.2f}x wall clock, "
-          f"{cpu['plain_pil'] / cpu['shards_1_worker']:.2f}x by CPU time; 2 workers / 1 worker: "
+          f"{cpu['plain_pil'] / cpu['shards_1_worker']:.2f}x by CPU time; shards (0 workers) / plain PIL: "
+          f"{results['shards_0_worker'] / results['plain_pil']:.2f}x wall clock, {cpu['plain_pil'] / cpu['shards_0_worker']:.2f}x by CPU time; "
+          f"2 workers / 1 worker: "
           f"{results['shards_2_worker'] / results['shards_1_worker']:.2f}x; "
           f"vs the old float baseline: {cpu['plain_pil_float'] / cpu['shards_1_worker']:.2f}x by CPU time")
+    print(f"after the first batch: shards (1 worker) / plain PIL {steady['shards_1_worker'] / results['plain_pil']:.2f}x, "
+          f"shards (0 workers) / plain PIL {steady['shards_0_worker'] / results['plain_pil']:.2f}x wall clock")
     print(f"workers (one core each) to feed {args.target:.0f} samples/s at {per_worker:.0f} samples/s per worker: "
           f"{math.ceil(args.target / per_worker)}")
     full_ms, draft_ms, difference = draft_effect(args.draft_side, args.image_size)

@@ -22,7 +22,6 @@ from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
@@ -30,6 +29,7 @@ from vlp.data.decode import open_image
 from vlp.data.files import resolve
 from vlp.data.quality import BadSample
 from vlp.data.records import Reading, Record, read_jsonl, read_karpathy, read_table
+from vlp.data.tar_members import shard_writer
 
 KEEP_FORMATS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
 
@@ -62,7 +62,7 @@ def write_shard(job: tuple[Path, list[tuple[int, Record]], str, int | None]) -> 
     path, items, root, resize = job
     temporary = path.with_suffix(".tar.tmp")
     count, skipped = 0, Counter()
-    with wds.TarWriter(str(temporary)) as sink:
+    with shard_writer(str(temporary)) as sink:
         for index, record in items:
             try:
                 extension, data = encode(resolve(root, record.image), resize)

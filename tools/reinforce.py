@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,13 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 import yaml
+from webdataset.handlers import reraise_exception
 from tqdm import tqdm
 
 from vlp.data.decode import open_image
 from vlp.data.replay import apply_crop, draw_crops
 from vlp.data.shards import IMAGE_EXTENSIONS, captions_of
+from vlp.data.tar_members import shard_samples, shard_writer
 from vlp.data.web_shards import INDEX_FILE, shard_urls
 from vlp.teachers import build_teacher, image_size_of
 
@@ -94,8 +97,8 @@ def reinforce(args: argparse.Namespace) -> int:
         if target.is_file():
             continue
         temporary = target.with_suffix(".tar.tmp")
-        with wds.TarWriter(str(temporary)) as sink:
-            for sample in wds.DataPipeline(wds.SimpleShardList([url]), wds.tarfile_to_samples()):
+        with shard_writer(str(temporary)) as sink:
+            for sample in wds.DataPipeline(wds.SimpleShardList([url]), partial(shard_samples, handler=reraise_exception)):
                 sink.write(reinforce_sample(sample, teachers, args.augmentations, args.seed))
         os.replace(temporary, target)
         written += 1

@@ -12,12 +12,14 @@ the next batch; the rest of the shard is still used.
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
 import webdataset as wds
 
 from vlp.data.decode import clean_captions, open_image
 from vlp.data.quality import BAD_RECORD, MISSING_IMAGE, SHARD_READ_ERROR, BadSample, Skipped
+from vlp.data.tar_members import shard_samples
 from vlp.data.transforms import ImageTransform
 from vlp.registry import ConfigError
 
@@ -81,8 +83,9 @@ class ReadErrors:
 
     ``handler`` records the error and lets webdataset continue with the next shard;
     the pipeline stage (``__call__``) emits the recorded markers between samples.
-    Errors with no sample between them are one event (webdataset reports a truncated
-    shard twice: for the member and for the stream), so a truncated shard counts once.
+    Errors with no sample between them are one event (webdataset's tarfile path, used
+    for compressed shards, reports a truncated shard twice: for the member and for the
+    stream), so a truncated shard counts once.
     """
 
     def __init__(self) -> None:
@@ -162,7 +165,7 @@ def sample_stream(
         stages += [wds.split_by_node, wds.split_by_worker] if split else []
         if shuffle_buffer > 0:
             stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed))
-    stages += [wds.tarfile_to_samples(handler=errors.handler), errors]
+    stages += [partial(shard_samples, handler=errors.handler), errors]
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)))
     stages.append(wds.map(decode or Decode(transform, image_key, caption_key)))

@@ -96,5 +96,9 @@ def image_transform(config: dict[str, Any], train: bool, dtype: torch.dtype = to
 
 
 def unit_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [0, 1] (x / 255, exactly as a float transform computes it); floats pass through."""
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
+    """uint8 pixels -> float32 in [0, 1] (x / 255, exactly as a float transform computes it), contiguous; floats pass through.
+
+    Batches of uint8 pixels arrive stored channels-last (:func:`vlp.data.base.stack_pixels`);
+    the conversion writes a standard contiguous tensor in the same pass.
+    """
+    return images.to(torch.float32, memory_format=torch.contiguous_format).div_(255) if images.dtype == torch.uint8 else images

@@ -18,6 +18,7 @@ from vlp.data.base import Collate
 from vlp.data.files import FileDataModule
 from vlp.data.quality import Skipped
 from vlp.data.shards import full_batches, sample_stream
+from vlp.data.tar_members import shard_samples
 from vlp.data.transforms import ImageTransform, image_transform
 from vlp.evaluation.base import RetrievalSet
 from vlp.registry import DATAMODULES, ConfigError
@@ -184,7 +185,7 @@ class WebDatasetDataModule(FileDataModule):
 
     def caption_corpus(self) -> list[str]:
         texts = [c for s in (self._val_samples() if self.val_urls else []) for c in s[1]]
-        raw = wds.DataPipeline(wds.SimpleShardList([u for urls in self.sources for u in urls]), wds.tarfile_to_samples(handler=wds.ignore_and_continue))
+        raw = wds.DataPipeline(wds.SimpleShardList([u for urls in self.sources for u in urls]), partial(shard_samples, handler=wds.ignore_and_continue))
         for count, sample in enumerate(raw):
             if count >= CORPUS_SAMPLES:
                 break
