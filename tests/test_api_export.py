@@ -29,7 +29,7 @@ def run_in_process(*args: str) -> None:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A default-experiment checkpoint trained for one short epoch (tiny towers)."""
+    """A tiny_vit-experiment checkpoint trained for one short epoch (tiny towers)."""
     run_dir = tmp_path_factory.mktemp("api") / "run"
     overrides = [*TINY_OVERRIDES, "data.train_size=64", "data.val_size=32", "eval=[]", f"run_dir={run_dir}"]
     run_in_process("fit", str(REPO / "experiments" / "tiny_vit.yaml"), *overrides)

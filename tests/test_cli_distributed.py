@@ -73,7 +73,7 @@ def test_ddp_subprocess_launch_makes_one_timestamped_run(tmp_path: Path, one_pro
     """Rank 1 re-runs ``vlp fit``: it must join rank 0's timestamped directory, not make its own."""
     vlp("fit", str(REPO / "experiments" / "tiny_vit.yaml"), *OVERRIDES, f"data.batch_size={GLOBAL_BATCH // 2}",
         "trainer.strategy=ddp", "trainer.devices=2", cwd=tmp_path)
-    runs = list((tmp_path / "runs" / "default").iterdir())
+    runs = list((tmp_path / "runs" / "tiny_vit").iterdir())
     assert len(runs) == 1, runs
     assert_one_run(runs[0])
     assert_same_run(runs[0], one_process)
