@@ -130,8 +130,8 @@ def reinforce(args: argparse.Namespace) -> int:
     if args.synthetic_captions is not None and args.synthetic_captions < 1:
         raise ConfigError(f"--synthetic-captions {args.synthetic_captions} is not a number of captions; pass 1 or more.")
     urls = shard_urls(args.shards)
+    captioner = load_synthetic_captioner(args.captioner) if args.captioner else None  # before the teachers: fail fast
     teachers = load_teachers(args.teachers)
-    captioner = load_synthetic_captioner(args.captioner) if args.captioner else None
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     written = 0
