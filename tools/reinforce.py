@@ -13,6 +13,10 @@ top, left, height, width, flip, drawn by torchvision under a per-sample seed),
 ``teacher_image.npy`` (teachers, K, D float32, L2-normalised), ``teacher_text.npy``
 (teachers, D, of the first caption) and ``teacher.json`` (the teachers' logit scales).
 
+Shards are written to a temporary file and renamed when complete, so a rerun writes only
+the missing ones. Train on them with the ``reinforced`` datamodule and the
+``mobileclip_distillation`` objective: no teacher runs during training.
+
 With ``--captioner CKPT --synthetic-captions N`` (a ``vlp fit`` checkpoint trained with
 ``coca``), each sample also gets ``syn.json`` (``{"captions": [...]}``: N synthetic
 captions, MobileCLIP's DataCompDR stores 5 from CoCa) and ``teacher_syn_text.npy``
@@ -23,10 +27,8 @@ the whole image prepared as the checkpoint's validation images (not a stored cro
 which may cut the subject out), and the N best beams of an N-wide beam search. Beam
 search rather than sampling, because it is deterministic without seeds, so a rerun or
 a resumed run writes the same captions whatever the batch or process; the price is
-that beams are less varied than the nucleus samples DataCompDR draws.
-Shards are written to a temporary file and renamed when complete, so a rerun writes only
-the missing ones. Train on them with the ``reinforced`` datamodule and the
-``mobileclip_distillation`` objective: no teacher runs during training.
+that the N beams of one image are less varied than sampled captions would be.
+Train on them with ``data.synthetic_caption_probability``.
 """
 
 from __future__ import annotations
