@@ -24,6 +24,7 @@ from vlp.config.experiment import load_experiment
 from vlp.data.replay import Crop, apply_crop
 from vlp.functional_distillation import affinity_kl
 from vlp.functional import infonce_loss
+from vlp.registry import ConfigError
 from vlp.run import fit
 from vlp.step import Step
 from vlp.teachers import build_teacher
@@ -194,6 +195,17 @@ def test_stored_synthetic_caption_embeddings_equal_the_online_teacher(synthetic)
 def test_synthetic_caption_batch_carries_the_teacher_embeddings_of_that_caption(synthetic):
     used = assert_stored_loss_equals_online_teacher(synthetic, "out_syn", 1.0)
     assert all(index in range(SYNTHETIC) for index in used) and len(set(used)) == SYNTHETIC, used
+
+
+def test_synthetic_captions_asked_of_shards_without_them_say_how_to_write_them(reinforced):
+    experiment = load_experiment(REPO / "experiments" / "tiny_vit.yaml", overrides(reinforced["root"], "out", 0.5))
+    datamodule = build_datamodule(experiment)
+    datamodule.setup("fit")
+    build_module(experiment, datamodule)
+    with pytest.raises(ConfigError, match=r"no synthetic captions \(syn.json\); reinforce the shards with tools/reinforce.py --captioner"):
+        next(iter(datamodule.train_dataloader()))
+    with pytest.raises(ConfigError, match=r"synthetic_caption_probability must be in \[0, 1\], got 1.5"):
+        build_datamodule(load_experiment(REPO / "experiments" / "tiny_vit.yaml", overrides(reinforced["root"], "out", 1.5)))
 
 
 def test_tool_refuses_a_captioner_without_a_caption_decoder(synthetic):

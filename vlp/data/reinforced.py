@@ -58,9 +58,12 @@ class ReplayDecode:
             missing = [m for m in REINFORCED_MEMBERS if m not in sample]
             if missing:
                 raise BadSample(BAD_RECORD, f"{key} lacks {missing}: not written by tools/reinforce.py")
-            missing = [m for m in SYNTHETIC_MEMBERS if self.synthetic > 0 and m not in sample]
-            if missing:
-                raise BadSample(BAD_RECORD, f"{key} lacks {missing}: not written by tools/reinforce.py --captioner")
+            if self.synthetic > 0 and any(m not in sample for m in SYNTHETIC_MEMBERS):
+                raise ConfigError(  # the whole dataset was reinforced without captions: not a bad sample
+                    f"data.synthetic_caption_probability is {self.synthetic} but sample {key} has no synthetic captions "
+                    "(syn.json); reinforce the shards with tools/reinforce.py --captioner CKPT --synthetic-captions N, "
+                    "or set it to 0."
+                )
             name = next((ext for ext in IMAGE_EXTENSIONS if ext in sample), None)
             if name is None:
                 raise BadSample(MISSING_IMAGE, key)
