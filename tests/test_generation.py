@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from vlp.generation import beam_search, greedy_search
+from vlp.generation import beam_search, greedy_search, ranked_beam_search
 
 PAD, BOS, EOS, A, B = 0, 1, 2, 3, 4
 VOCAB = 5
@@ -82,3 +82,19 @@ def test_a_beam_wider_than_all_prefixes_finds_the_most_likely_sequence():
         best, best_score = _best_by_enumeration(model, sample, 3)
         assert _strip(found[sample]) == best
         assert math.isclose(model.log_likelihood(sample, _strip(found[sample])), best_score, rel_tol=1e-12)
+
+
+def test_ranked_beams_are_the_most_likely_sequences_in_order():
+    """All prefixes fit in the beams, so the ranked beams must be the enumeration's best sequences, best first."""
+    model = MarkovModel(2 * torch.randn(2, 3, VOCAB, VOCAB, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+    ranked = ranked_beam_search(model, 2, BOS, EOS, PAD, max_new_tokens=3, beam_size=VOCAB**2)
+    assert torch.equal(ranked[:, 0], beam_search(model, 2, BOS, EOS, PAD, max_new_tokens=3, beam_size=VOCAB**2))
+    for sample in range(2):
+        scored = []
+        for length in range(1, 4):
+            for body in itertools.product(range(VOCAB), repeat=length):
+                if EOS in body[:-1] or (length < 3 and body[-1] != EOS):
+                    continue
+                scored.append((model.log_likelihood(sample, [BOS, *body]), [BOS, *body]))
+        expected = [tokens for _, tokens in sorted(scored, key=lambda pair: -pair[0])[:5]]
+        assert [_strip(tokens) for tokens in ranked[sample, :5]] == expected

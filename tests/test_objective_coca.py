@@ -114,3 +114,9 @@ def test_captions_are_decoded_text_and_beam_search_scores_at_least_greedy(tmp_pa
         return torch.where(real[:, 1:], chosen, 0.0).sum(1)
 
     assert (log_likelihood(beam) >= log_likelihood(greedy) - 1e-5).all()
+    ranked = objective.generate(encoder, images, max_new_tokens=6, beam_size=3, ranked=True)
+    assert torch.equal(ranked[:, 0], beam)
+    likelihoods = torch.stack([log_likelihood(ranked[:, j]) for j in range(3)], dim=1)
+    assert (likelihoods[:, :-1] >= likelihoods[:, 1:] - 1e-5).all()  # best first, by the likelihood computed directly
+    decoded = encoder.text_tower.tokenizer.batch_decode(ranked[:, :2].flatten(0, 1), skip_special_tokens=True)
+    assert objective.captions(encoder, images, 2, beam_size=3, max_new_tokens=6) == [decoded[0:2], decoded[2:4], decoded[4:6], decoded[6:8]]

@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     caption = commands.add_parser("caption", help="caption image files with a checkpoint trained with a caption decoder (coca)")
     caption.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit")
     caption.add_argument("--beam", type=int, default=1, help="beam width (1: greedy search)")
+    caption.add_argument("--captions", type=int, default=1, help="N best captions per image, one line each (beam width at least N)")
     caption.add_argument("images", nargs="+", help="image files")
     embed = commands.add_parser("embed", help="write image or text embeddings of a trained model")
     embed.add_argument("--ckpt", required=True, help="checkpoint written by vlp fit, or a directory written by vlp export")
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "caption":
             from vlp.captioning import caption_files
 
-            for path, text in zip(args.images, caption_files(args.ckpt, args.images, beam_size=args.beam)):
-                print(f"{path}\t{text}")
+            for path, texts in zip(args.images, caption_files(args.ckpt, args.images, beam_size=args.beam, count=args.captions)):
+                for text in texts:
+                    print(f"{path}\t{text}")
         elif args.command == "embed":
             from vlp.inference import embed
 

@@ -39,11 +39,20 @@ def beam_search(
     next_log_probs: NextLogProbs, batch_size: int, bos_id: int, eos_id: int, pad_id: int, max_new_tokens: int,
     beam_size: int, length_penalty: float = 0.0, device: torch.device | str = "cpu",
 ) -> Tensor:
-    """Keep the ``beam_size`` most likely prefixes per sample; return the best finished one, (B, T).
+    """The best sequence of :func:`ranked_beam_search` per sample, (B, T)."""
+    return ranked_beam_search(next_log_probs, batch_size, bos_id, eos_id, pad_id, max_new_tokens, beam_size,
+                              length_penalty, device)[:, 0]
+
+
+def ranked_beam_search(
+    next_log_probs: NextLogProbs, batch_size: int, bos_id: int, eos_id: int, pad_id: int, max_new_tokens: int,
+    beam_size: int, length_penalty: float = 0.0, device: torch.device | str = "cpu",
+) -> Tensor:
+    """Keep the ``beam_size`` most likely prefixes per sample; return all final beams, best first, (B, beam_size, T).
 
     A prefix's score is the sum of its tokens' log-probabilities. An ended prefix stays in
     its beam with its score frozen (it is continued by padding at no cost), so a short,
-    likely caption competes with longer ones until the end. The winner maximises
+    likely caption competes with longer ones until the end. Beams are ranked by
     score / length ** ``length_penalty`` (0: plain likelihood; 1: per-token likelihood),
     length counting the generated tokens up to and including the end token.
     With ``beam_size`` 1 this is exactly greedy search.
@@ -73,5 +82,5 @@ def beam_search(
         if finished.all():
             break
     ranking = scores / lengths.clamp(min=1) ** length_penalty
-    best = ranking.argmax(dim=-1)
-    return tokens.view(batch_size, beams, -1)[torch.arange(batch_size, device=device), best]
+    order = ranking.argsort(dim=-1, descending=True, stable=True)  # ties keep beam order, as argmax does
+    return tokens.view(batch_size, beams, -1)[torch.arange(batch_size, device=device).unsqueeze(1), order]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vlp.heads.caption_decoder import AttentionalPooler, MultimodalTextDecoder
 from vlp.functional import infonce_loss
-from vlp.generation import beam_search, greedy_search
+from vlp.generation import beam_search, greedy_search, ranked_beam_search
 from vlp.generative import caption_loss, next_token_targets, token_accuracy
 from vlp.objectives.base import Objective
 from vlp.objectives.temperature import LogitScale
@@ -102,8 +102,12 @@ class CoCa(Objective):
         }
 
     @torch.no_grad()
-    def generate(self, encoder: nn.Module, images: Tensor, max_new_tokens: int, beam_size: int = 1) -> Tensor:
-        """Caption token ids (B, T) for images in [0, 1], starting with the begin token: greedy or beam search."""
+    def generate(self, encoder: nn.Module, images: Tensor, max_new_tokens: int, beam_size: int = 1,
+                 ranked: bool = False) -> Tensor:
+        """Caption token ids (B, T) for images in [0, 1], starting with the begin token: greedy or beam search.
+
+        With ``ranked``, every final beam, best first: (B, beam_size, T).
+        """
         memory = self.decoder.image_memory(encoder.image_tower(images).tokens)
         banned = [t for t in {self.pad_id, self.bos_id} if t != self.eos_id]
 
@@ -115,17 +119,28 @@ class CoCa(Objective):
 
         search = dict(batch_size=images.shape[0], bos_id=self.bos_id, eos_id=self.eos_id, pad_id=self.pad_id,
                       max_new_tokens=max_new_tokens, device=images.device)
+        if ranked:
+            return ranked_beam_search(next_log_probs, beam_size=beam_size, **search)
         if beam_size == 1:
             return greedy_search(next_log_probs, **search)
         return beam_search(next_log_probs, beam_size=beam_size, **search)
 
     def caption(self, encoder: nn.Module, images: Tensor, beam_size: int = 1, max_new_tokens: int | None = None) -> list[str]:
         """Captions as text; at most the text tower's ``max_length`` tokens in all by default."""
+        return [ranked[0] for ranked in self.captions(encoder, images, 1, beam_size, max_new_tokens)]
+
+    def captions(self, encoder: nn.Module, images: Tensor, count: int, beam_size: int = 1,
+                 max_new_tokens: int | None = None) -> list[list[str]]:
+        """The ``count`` best captions per image, best first: the top beams of a search ``max(count, beam_size)`` wide."""
         tower = encoder.text_tower
         limit = getattr(tower, "max_length", 77) - 1
-        ids = self.generate(encoder, images, min(max_new_tokens or limit, limit), beam_size)
-        return tower.tokenizer.batch_decode(ids, skip_special_tokens=True)
-
+        width = max(count, beam_size)
+        if count == 1:
+            ids = self.generate(encoder, images, min(max_new_tokens or limit, limit), width)[:, None]
+        else:
+            ids = self.generate(encoder, images, min(max_new_tokens or limit, limit), width, ranked=True)[:, :count]
+        texts = tower.tokenizer.batch_decode(ids.flatten(0, 1), skip_special_tokens=True)
+        return [texts[i * count : (i + 1) * count] for i in range(images.shape[0])]
 
 @torch.no_grad()
 def attends_causally(text_tower: nn.Module, first: int, middle: int, other: int) -> bool:
