@@ -128,3 +128,17 @@ def test_bad_multi_crop_settings_are_one_clear_sentence(override: str, message: 
     experiment = load_experiment(str(REPO / "experiments" / "default.yaml"), [override])
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_datamodule(experiment)
+
+
+def test_local_crops_a_fixed_size_vit_cannot_take_are_one_sentence_before_the_run(tmp_path: Path, capsys):
+    from vlp.cli import main
+
+    from conftest import TINY_OVERRIDES
+
+    run_dir = tmp_path / "run"
+    overrides = ["model.objectives=[{name: clip}, {name: silc, out_dim: 16, hidden_dim: 16, bottleneck_dim: 8}]",
+                 "data.multi_crop={local_size: 8}", f"run_dir={run_dir}"]
+    assert main(["fit", str(REPO / "experiments" / "default.yaml"), *TINY_OVERRIDES, *overrides]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "The multi-crop views local_crops (8x8) do not fit the image tower" in error and "dynamic_img_size: true" in error, error
+    assert len(error.splitlines()) == 1 and not run_dir.exists()
