@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as F
+from torchvision.transforms.v2 import functional as F
 
 from vlp.config.schema import check_values
 from vlp.registry import ConfigError
