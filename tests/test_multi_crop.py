@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +114,10 @@ def test_shapes_crops_are_cut_from_the_generated_image():
     assert batch.extras[GLOBAL_CROPS].shape == (4, 2, 3, 16, 16) and batch.extras[LOCAL_CROPS].shape == (4, 3, 3, 8, 8)
 
 
-def test_local_size_defaults_to_dinos_proportion():
+def test_local_size_defaults_to_dinos_proportion_and_jpegs_keep_the_pixels_the_smallest_crop_needs():
     assert MultiCrop(size=224).local_size == 96 and MultiCrop(size=32).local_size == 14
+    # A local crop of 5% of the area at aspect 3/4 has a short side sqrt(0.05 * 0.75) of the image's; 96 px of it, twice.
+    assert MultiCrop(size=224).decode_short_side(2.0) == math.ceil(2 * 96 / math.sqrt(0.05 * 0.75)) == 992
 
 
 @pytest.mark.parametrize(("override", "message"), [
