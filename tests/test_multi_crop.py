@@ -145,3 +145,30 @@ def test_local_crops_a_fixed_size_vit_cannot_take_are_one_sentence_before_the_ru
     error = capsys.readouterr().err.strip()
     assert "The multi-crop views local_crops (8x8) do not fit the image tower" in error and "dynamic_img_size: true" in error, error
     assert len(error.splitlines()) == 1 and not run_dir.exists()
+
+
+def test_webdataset_shards_cut_crops_from_the_decoded_member(tmp_path: Path):
+    import tarfile
+
+    from vlp.data.reinforced import ReinforcedDataModule
+    from vlp.data.web_shards import WebDatasetDataModule
+
+    write_image(tmp_path / "a.png", 4, SOURCE)
+    with tarfile.open(tmp_path / "shard-000000.tar", "w") as tar:
+        for i in range(2):
+            tar.add(tmp_path / "a.png", f"s{i}.png")
+            (tmp_path / "a.txt").write_text(f"image {i}")
+            tar.add(tmp_path / "a.txt", f"s{i}.txt")
+    module = WebDatasetDataModule(train=[str(tmp_path / "shard-000000.tar")], image_size=16, batch_size=2, epoch_samples=2,
+                                  shuffle_buffer=0, multi_crop=CROPS)
+    module.attach_tokenizer(tokenize)
+    module.setup("fit")
+    torch.manual_seed(5)
+    batch = next(iter(module.train_dataloader()))
+    global_boxes, local_boxes = redraw_boxes(Image.open(tmp_path / "a.png"), 5, 2, 3)
+    assert batch.images.shape == (2, 3, 16, 16)
+    assert np.array_equal(batch.extras[GLOBAL_CROPS][0, 1].numpy(), pil_crop(Image.open(tmp_path / "a.png").convert("RGB"), global_boxes[1], 16))
+    assert np.array_equal(batch.extras[LOCAL_CROPS][0, 2].numpy(), pil_crop(Image.open(tmp_path / "a.png").convert("RGB"), local_boxes[2], 8))
+    assert batch.extras[LOCAL_CROPS].shape == (2, 3, 3, 8, 8)
+    with pytest.raises(ConfigError, match="data.multi_crop does not apply to reinforced shards"):
+        ReinforcedDataModule(train=[str(tmp_path / "shard-000000.tar")], multi_crop=CROPS)

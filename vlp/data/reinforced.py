@@ -24,7 +24,7 @@ from vlp.data.replay import Crop, apply_crop
 from vlp.data.shards import IMAGE_EXTENSIONS, captions_of
 from vlp.data.web_shards import WebDatasetDataModule
 from vlp.objectives.mobileclip_distillation import TEACHER_IMAGES, TEACHER_SCALES, TEACHER_TEXTS
-from vlp.registry import DATAMODULES
+from vlp.registry import DATAMODULES, ConfigError
 
 REINFORCED_MEMBERS = ("aug.json", "teacher_image.npy", "teacher_text.npy", "teacher.json")
 
@@ -73,6 +73,11 @@ class ReplayDecode:
 @DATAMODULES.register("reinforced")
 class ReinforcedDataModule(WebDatasetDataModule):
     """``webdataset`` over reinforced shards: training replays a random stored crop per image (see module doc)."""
+
+    def __init__(self, **common: Any) -> None:
+        super().__init__(**common)
+        if self.multi_crop is not None:
+            raise ConfigError("data.multi_crop does not apply to reinforced shards (training replays a stored crop); remove it.")
 
     def train_decoder(self, transform):
         return ReplayDecode(self.config["input_size"][-1], self.seed)
