@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from vlp.build import build_datamodule, build_module
 from vlp.config.experiment import load_experiment
 from vlp.heads.patch_decoder import PatchDecoder
+from vlp.registry import ConfigError
 from vlp.step import Step
 
 from conftest import REPO, TINY_OVERRIDES
@@ -20,11 +21,11 @@ VIT = "model.image_encoder.model_kwargs={img_size: 16, patch_size: 4, embed_dim:
 DECODER = "decoder_width: 16, decoder_depth: 1, decoder_heads: 2"
 
 
-def tiny(objectives: str):
+def tiny(objectives: str, vit: str = VIT):
     """A float64 module with a 4x4-patch ViT and one batch of 4 of the shapes data."""
     experiment = load_experiment(
         REPO / "experiments" / "tiny_vit.yaml",
-        TINY_OVERRIDES + [VIT, f"model.objectives={objectives}", "data.train_size=16", "data.batch_size=4"],
+        TINY_OVERRIDES + [vit, f"model.objectives={objectives}", "data.train_size=16", "data.batch_size=4"],
     )
     torch.manual_seed(0)
     datamodule = build_datamodule(experiment)
@@ -156,6 +157,18 @@ def test_cfm_vit_reconstructs_projected_unmasked_tokens_without_their_gradient()
     # The targets carry no gradient: the projection is reached only through them, so it gets none.
     assert tower.projection.weight.grad is None or not tower.projection.weight.grad.any()
     grads_match(out["loss"], reference, [cfm.decoder.head.weight, tower.backbone.blocks[0].mlp.fc1.weight])
+
+
+def test_positions_drop_on_a_dynamic_size_vit_at_its_native_size_only():
+    """dynamic_img_size (SILC's smaller local crops) keeps the stored positions at img_size; other sizes are refused."""
+    module, batch = tiny(f"[{{name: cfm_vit, mask_ratio: 0.5, position_dropout: 0.5, {DECODER}}}]", VIT[:-1] + ", dynamic_img_size: true}")
+    step = step_of(module, batch)
+    view = step.image("cfm_mask50_ped50")
+    assert view.positions_dropped.any()
+    torch.testing.assert_close(view.tokens, vit_on_kept(module.encoder.image_tower, batch.images, view.kept, view.positions_dropped)[:, 1:])
+    small = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with pytest.raises(ConfigError, match="images at its img_size"):
+        module.encoder.image_tower.forward_patches(small, keep=None, drop_positions=torch.tensor([True, False]), layers=())
 
 
 @pytest.mark.parametrize("name", ["flip50", "flip75", "clip_flip_view", "mae", "clip_mae", "cfm_vit"])

@@ -48,7 +48,8 @@ def test_plain_ddp_is_refused_with_a_scheduled_objective():
 @pytest.mark.slow
 def test_siglip2_recipe_adds_its_late_objectives_for_the_last_fifth(tmp_path: Path):
     overrides = [o for o in TINY_OVERRIDES if not o.startswith("model.image_encoder")] + [
-        "model.image_encoder.model_kwargs={img_size: 16, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0}",
+        "model.image_encoder.model_kwargs={img_size: 16, patch_size: 4, embed_dim: 32, depth: 1, num_heads: 2, mlp_ratio: 2.0, "
+        "dynamic_img_size: true}", "data.multi_crop.local_size=8",
         "trainer.max_epochs=2", "eval=[]", f"run_dir={tmp_path / 'run'}",
     ]
     run_dir = fit(str(REPO / "experiments" / "siglip2.yaml"), overrides)

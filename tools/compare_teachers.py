@@ -20,6 +20,8 @@ SMALL = [
     "model.image_encoder.model_kwargs={img_size: 32, patch_size: 4, embed_dim: 48, depth: 1, num_heads: 3, mlp_ratio: 2.0}",
     "model.text_encoder.config={model_type: clip_text_model, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 1, num_attention_heads: 2}",
 ]
+# experiments/silc.yaml's multi-crop views: 2 global crops at 32 px, 4 local ones at 16 px (the ViT takes both).
+SILC_CROPS = ["model.image_encoder.model_kwargs.dynamic_img_size=true", "data.multi_crop={global_crops: 2, local_crops: 4, local_size: 16}"]
 COLUMNS = {"zero-shot colour": "zeroshot/colour/top1", "zero-shot shape": "zeroshot/shape/top1",
            "held-out shape": "zeroshot/heldout_shape/top1", "probe shape": "linearprobe/shape/top1",
            "i2t R@1": "retrieval/shapes_val/per_instance/image_to_text_R@1",
@@ -44,7 +46,7 @@ def main() -> None:
     silc = "{name: silc, weight: 1.0, out_dim: 1024, hidden_dim: 512, bottleneck_dim: 128}"
     results = {
         "clip (default towers)": run("clip", common, out),
-        "clip + silc (default towers)": run("clip_silc", common + [f"model.objectives=[{{name: clip}}, {silc}]"], out),
+        "clip + silc (default towers)": run("clip_silc", common + SILC_CROPS + [f"model.objectives=[{{name: clip}}, {silc}]"], out),
     }
     teacher_ckpt = out / "clip" / "checkpoints" / "last.ckpt"
     results["student: clip"] = run("student", common + SMALL, out)

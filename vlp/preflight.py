@@ -14,6 +14,8 @@ from collections.abc import Sized
 import lightning as L
 import torch
 
+from vlp.data.multi_crop import IMAGE_EXTRAS
+from vlp.data.transforms import unit_float
 from vlp.model import VLPModule
 from vlp.registry import ConfigError
 
@@ -32,16 +34,25 @@ def preflight(module: VLPModule, datamodule: L.LightningDataModule, world_size: 
     collate = datamodule.train_dataloader().collate_fn
     batch = collate([dataset[i] for i in range(batch_size)])  # raises a ConfigError when every sample is unreadable
     tower = module.encoder.image_tower
+    fix = ("set data.image_size to the size the image encoder expects (for a timm ViT its model_kwargs.img_size; "
+           "for a pretrained CLIP its image size)")
+    _check_fits(tower, batch.images[:1], "The training images", fix)
+    crop_fix = ("for a timm ViT set model.image_encoder.model_kwargs.dynamic_img_size: true and data.multi_crop.local_size "
+                "to a multiple of its patch size")
+    for key in IMAGE_EXTRAS:
+        if key in batch.extras:
+            _check_fits(tower, unit_float(batch.extras[key][:1, 0]), f"The multi-crop views {key}", crop_fix)
+
+
+def _check_fits(tower: torch.nn.Module, images: torch.Tensor, what: str, fix: str) -> None:
+    """One image through the tower in eval mode; a shape error becomes one ConfigError sentence ending in ``fix``."""
     was_training = tower.training
     try:
         with torch.no_grad():
-            tower.eval()(batch.images[:1])
+            tower.eval()(images)
     except (AssertionError, RuntimeError, ValueError) as error:
-        size = "x".join(str(s) for s in batch.images.shape[-2:])
+        size = "x".join(str(s) for s in images.shape[-2:])
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(
-            f"The training images ({size}) do not fit the image tower ({reason}); set data.image_size to the size "
-            f"the image encoder expects (for a timm ViT its model_kwargs.img_size; for a pretrained CLIP its image size)."
-        ) from error
+        raise ConfigError(f"{what} ({size}) do not fit the image tower ({reason}); {fix}.") from error
     finally:
         tower.train(was_training)

@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from vlp.batch import Batch
+from vlp.data.multi_crop import IMAGE_EXTRAS, MultiCrop
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped, tally
 from vlp.data.resumable import CarriesDraws, RandomSampler, StatefulDataLoader
 from vlp.data.transforms import unit_float
@@ -25,19 +26,26 @@ Tokenize = Callable[[list[str]], tuple[Tensor, Tensor]]
 
 
 class ImageCaptionDataset(Dataset):
-    """Images (N, C, H, W) with one or more captions each; ``__getitem__`` gives (image, captions)."""
+    """Images (N, C, H, W) with one or more captions each; ``__getitem__`` gives (image, captions).
 
-    def __init__(self, images: Tensor, captions: Sequence[Sequence[str]]) -> None:
+    With ``multi_crop`` the held image is the source the crops are cut from, and items
+    are (image, captions, crops).
+    """
+
+    def __init__(self, images: Tensor, captions: Sequence[Sequence[str]], multi_crop: MultiCrop | None = None) -> None:
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists.")
         self.images = images
         self.captions = captions
+        self.multi_crop = multi_crop
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Sequence[str]]:
-        return self.images[index], self.captions[index]
+    def __getitem__(self, index: int) -> tuple[Tensor, Sequence[str]] | tuple[Tensor, Sequence[str], dict[str, Tensor]]:
+        if self.multi_crop is None:
+            return self.images[index], self.captions[index]
+        return self.images[index], self.captions[index], self.multi_crop(self.images[index])
 
 
 class Collate:
@@ -53,9 +61,10 @@ class Collate:
     ``extras["data_quality"]`` (:func:`vlp.data.quality.tally`) so counts made in workers
     reach the main process. Extras that are not numbers (e.g. sample keys) stay lists.
     ``extras["texts"]`` holds the chosen captions as strings (for teachers' own tokenizers).
-    uint8 images become floats in [0, 1] here, unless ``keep_uint8`` (training loaders: a
-    quarter of the bytes leave the workers, and ``on_after_batch_transfer`` divides by 255
-    on the device); those are stacked by :func:`stack_pixels`.
+    uint8 images (and the image-valued extras, multi-crop views) become floats in [0, 1]
+    here, unless ``keep_uint8`` (training loaders: a quarter of the bytes leave the
+    workers, and ``on_after_batch_transfer`` divides by 255 on the device); images are
+    stacked by :func:`stack_pixels`.
     """
 
     def __init__(self, tokenize: Tokenize, sample_caption: bool, all_captions: bool = False, seed: int = 0, keep_uint8: bool = False) -> None:
@@ -83,6 +92,8 @@ class Collate:
         extras: dict[str, Any] = {}
         if len(items[0]) > 2:
             extras = {key: _stack([item[2][key] for item in items]) for key in items[0][2]}
+        if not self.keep_uint8:
+            extras.update({key: unit_float(extras[key]) for key in IMAGE_EXTRAS if key in extras})
         if self.all_captions:
             extras.update(self._all_captions(caption_lists))
         extras[BATCH_KEY] = tally(all_items, "train" if self.sample_caption else "val")
@@ -225,9 +236,10 @@ class ImageTextDataModule(L.LightningDataModule):
         return batch
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """uint8 images left the loader as uint8; they become floats in [0, 1] here, on the device."""
+        """uint8 images (and multi-crop views) left the loader as uint8; they become floats in [0, 1] here, on the device."""
         if isinstance(batch, Batch):
             batch.images = unit_float(batch.images)
+            batch.extras.update({key: unit_float(batch.extras[key]) for key in IMAGE_EXTRAS if key in batch.extras})
         return batch
 
     def record_quality(self, batch: Batch) -> None:

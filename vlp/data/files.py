@@ -14,13 +14,15 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import InterpolationMode
 
 from vlp.data.base import ImageTextDataModule
 from vlp.data.decode import open_image
 from vlp.data.image_folder import DEFAULT_TEMPLATES, LinearProbeSet, read_class_folder
+from vlp.data.multi_crop import MultiCrop, multi_crop_from_config
 from vlp.data.quality import BadSample, Skipped
 from vlp.data.records import Reading, Record
-from vlp.data.transforms import ImageTransform, data_config, image_transform
+from vlp.data.transforms import DRAFT_MARGIN, ImageTransform, data_config, image_transform
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -32,13 +34,23 @@ def resolve(root: str, image: str) -> str:
 
 
 class FileDataset(Dataset):
-    """``(image, captions, {"key": key})`` per record, or a :class:`Skipped` marker (keyed ``<split>/<key>``) for a bad image."""
+    """``(image, captions, {"key": key})`` per record, or a :class:`Skipped` marker (keyed ``<split>/<key>``) for a bad image.
 
-    def __init__(self, records: Sequence[Record], root: str, transform: ImageTransform, split: str = "train") -> None:
+    With ``multi_crop`` the extras also hold the multi-crop views, cut from the decoded
+    image before ``transform`` resizes it (a JPEG is then draft-decoded no smaller than the
+    smallest crop needs).
+    """
+
+    def __init__(self, records: Sequence[Record], root: str, transform: ImageTransform, split: str = "train",
+                 multi_crop: MultiCrop | None = None) -> None:
         self.records = records
         self.root = root
         self.transform = transform
         self.split = split
+        self.multi_crop = multi_crop
+        self.decode_short_side = transform.decode_short_side
+        if multi_crop is not None and self.decode_short_side is not None:
+            self.decode_short_side = max(self.decode_short_side, multi_crop.decode_short_side(DRAFT_MARGIN))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -46,10 +58,11 @@ class FileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, list[str], dict[str, Any]] | Skipped:
         record = self.records[index]
         try:
-            image = open_image(resolve(self.root, record.image), self.transform.decode_short_side)
+            image = open_image(resolve(self.root, record.image), self.decode_short_side)
         except BadSample as bad:
             return Skipped(bad.cause, f"{self.split}/{record.key}")
-        return self.transform(image), record.captions, {"key": record.key}
+        crops = self.multi_crop(image) if self.multi_crop is not None else {}
+        return self.transform(image), record.captions, {"key": record.key, **crops}
 
 
 class EvalImages(Dataset):
@@ -86,7 +99,9 @@ class FileDataModule(ImageTextDataModule):
     when set, else ``image_size``; see :mod:`vlp.data.transforms`. Each of
     ``zero_shot_folders`` (class-per-folder trees, see :mod:`vlp.data.image_folder`) is a
     zero-shot task prompted with ``TEMPLATES``; one holding ``train/`` and ``test/``
-    is also a linear-probe set (zero-shot on ``test/``).
+    is also a linear-probe set (zero-shot on ``test/``). ``multi_crop`` (see
+    :class:`vlp.data.multi_crop.MultiCrop`) adds multi-crop views, cut from each decoded
+    image, to every training and validation batch.
     """
 
     COUNTS_STREAMED_SAMPLES = False  # every sample is counted once, as an annotation row
@@ -105,11 +120,13 @@ class FileDataModule(ImageTextDataModule):
         all_captions: bool = False,
         max_bad_fraction: float = 0.01,
         zero_shot_folders: list[str] | None = None,
+        multi_crop: dict | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, all_captions=all_captions, max_bad_fraction=max_bad_fraction)
         self.root = root
         self.zero_shot_folders = list(zero_shot_folders or [])
         self.config = data_config(image_size, image_encoder, image_encoder_kwargs)
+        self.multi_crop = multi_crop_from_config(multi_crop, max(self.config["input_size"][1:]), InterpolationMode(self.config["interpolation"]))
         self.eval_transform = image_transform(self.config, train=False)
         self.val_records: list[Record] = []
         self._eval_cache: dict[str, tuple[list[Record], EvalImages]] = {}
@@ -121,9 +138,9 @@ class FileDataModule(ImageTextDataModule):
     def build(self) -> None:
         train = self._read_counted("train")
         val = self._read_counted("val")
-        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True, dtype=torch.uint8), "train")
+        self.train_set = FileDataset(train.records, self.root, image_transform(self.config, train=True, dtype=torch.uint8), "train", self.multi_crop)
         self.val_records = val.records if val else []
-        self.val_set = FileDataset(self.val_records, self.root, self.eval_transform, "val") if val else None
+        self.val_set = FileDataset(self.val_records, self.root, self.eval_transform, "val", self.multi_crop) if val else None
 
     def _read_counted(self, split: str) -> Reading | None:
         reading = self.read(split)

@@ -96,8 +96,10 @@ class ReplayDecode:
 class ReinforcedDataModule(WebDatasetDataModule):
     """``webdataset`` over reinforced shards: training replays a random stored crop per image (see module doc)."""
 
-    def __init__(self, synthetic_caption_probability: float = 0.0, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, synthetic_caption_probability: float = 0.0, **common: Any) -> None:
+        super().__init__(**common)
+        if self.multi_crop is not None:
+            raise ConfigError("data.multi_crop does not apply to reinforced shards (training replays a stored crop); remove it.")
         if not 0.0 <= synthetic_caption_probability <= 1.0:
             raise ConfigError(
                 f"data.synthetic_caption_probability must be in [0, 1], got {synthetic_caption_probability}; "

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from vlp.data.base import ImageCaptionDataset, ImageTextDataModule, retrieval_set
 from vlp.data.image_folder import LinearProbeSet
+from vlp.data.multi_crop import multi_crop_from_config
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import DATAMODULES, ConfigError
 
@@ -218,7 +219,11 @@ class _FamilyPass(Iterator[int]):
 
 @DATAMODULES.register("shapes")
 class ShapesDataModule(ImageTextDataModule):
-    """Rendered shapes: ``train_size`` training and ``val_size`` validation images."""
+    """Rendered shapes: ``train_size`` training and ``val_size`` validation images.
+
+    ``multi_crop`` (see :class:`vlp.data.multi_crop.MultiCrop`) adds multi-crop views cut
+    from the rendered images to every training and validation batch.
+    """
 
     def __init__(
         self,
@@ -232,9 +237,11 @@ class ShapesDataModule(ImageTextDataModule):
         num_workers: int = 0,
         seed: int = 0,
         all_captions: bool = False,
+        multi_crop: dict | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, all_captions=all_captions)
         self.image_size = image_size
+        self.multi_crop = multi_crop_from_config(multi_crop, image_size)
         self.train_size = train_size
         self.val_size = val_size
         self.two_shape_probability = two_shape_probability
@@ -245,9 +252,9 @@ class ShapesDataModule(ImageTextDataModule):
 
     def build(self) -> None:
         images, scenes = generate(self.train_size, self.image_size, self.seed, False, self.two_shape_probability, variants=self.shape_variants)
-        self.train_set = ImageCaptionDataset(images, [captions_for(s, self.colour_only_captions) for s in scenes])
+        self.train_set = ImageCaptionDataset(images, [captions_for(s, self.colour_only_captions) for s in scenes], self.multi_crop)
         val_images, self.val_scenes = generate(self.val_size, self.image_size, self.seed + 1, True, self.two_shape_probability, distinct=True)
-        self.val_set = ImageCaptionDataset(val_images, [captions_for(s, self.colour_only_captions) for s in self.val_scenes])
+        self.val_set = ImageCaptionDataset(val_images, [captions_for(s, self.colour_only_captions) for s in self.val_scenes], self.multi_crop)
 
     def train_sampler(self, dataset: Dataset, generator: torch.Generator) -> Sampler[int]:
         """With shape variants, each batch holds whole families, so its negatives include the same scene in other shapes."""

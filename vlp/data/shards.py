@@ -19,8 +19,9 @@ import webdataset as wds
 
 from vlp.data.decode import clean_captions, open_image
 from vlp.data.quality import BAD_RECORD, MISSING_IMAGE, SHARD_READ_ERROR, BadSample, Skipped
+from vlp.data.multi_crop import MultiCrop
 from vlp.data.tar_members import shard_samples
-from vlp.data.transforms import ImageTransform
+from vlp.data.transforms import DRAFT_MARGIN, ImageTransform
 from vlp.registry import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -55,13 +56,19 @@ class Decode:
     """Raw shard sample -> ``(image, captions, {"key": key})`` or a :class:`Skipped` marker.
 
     ``image_key`` / ``caption_key`` name the members to read (default: the first image
-    extension present, and ``json``/``txt``).
+    extension present, and ``json``/``txt``). With ``multi_crop`` the extras also hold the
+    multi-crop views, cut from the decoded image before ``transform`` resizes it.
     """
 
-    def __init__(self, transform: ImageTransform, image_key: str | None = None, caption_key: str | None = None) -> None:
+    def __init__(self, transform: ImageTransform, image_key: str | None = None, caption_key: str | None = None,
+                 multi_crop: MultiCrop | None = None) -> None:
         self.transform = transform
         self.image_keys = (image_key,) if image_key else IMAGE_EXTENSIONS
         self.caption_key = caption_key
+        self.multi_crop = multi_crop
+        self.decode_short_side = transform.decode_short_side
+        if multi_crop is not None and self.decode_short_side is not None:
+            self.decode_short_side = max(self.decode_short_side, multi_crop.decode_short_side(DRAFT_MARGIN))
 
     def __call__(self, sample: dict[str, Any] | Skipped) -> tuple | Skipped:
         if isinstance(sample, Skipped):
@@ -72,10 +79,11 @@ class Decode:
             if name is None:
                 raise BadSample(MISSING_IMAGE, key)
             captions = captions_of(sample, self.caption_key)
-            image = open_image(sample[name], self.transform.decode_short_side)
+            image = open_image(sample[name], self.decode_short_side)
         except BadSample as bad:
             return Skipped(bad.cause, key)
-        return self.transform(image), captions, {"key": key}
+        crops = self.multi_crop(image) if self.multi_crop is not None else {}
+        return self.transform(image), captions, {"key": key, **crops}
 
 
 class ReadErrors:
@@ -148,6 +156,7 @@ def _no_good_sample(items: list[Skipped]) -> None:
 def sample_stream(
     urls: list[str], transform: ImageTransform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
     image_key: str | None = None, caption_key: str | None = None, decode: Callable[[Any], Any] | None = None,
+    multi_crop: MultiCrop | None = None,
 ) -> wds.DataPipeline:
     """Decoded samples (and markers) of one source, split across nodes and workers.
 
@@ -168,5 +177,5 @@ def sample_stream(
     stages += [partial(shard_samples, handler=errors.handler), errors]
     if shuffle_buffer > 0:
         stages.append(wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100)))
-    stages.append(wds.map(decode or Decode(transform, image_key, caption_key)))
+    stages.append(wds.map(decode or Decode(transform, image_key, caption_key, multi_crop)))
     return wds.DataPipeline(*stages)

@@ -58,7 +58,8 @@ class WebDatasetDataModule(FileDataModule):
     forever and cuts epochs of ``epoch_samples`` into equal full batches on every rank.
     ``epoch_samples`` defaults to the count in ``shards.json`` written by make_shards.
     ``image_key`` / ``caption_key`` name the shard members to read (default: the image
-    extension present, and ``json``/``txt``).
+    extension present, and ``json``/``txt``). ``multi_crop`` adds multi-crop views, cut from
+    each decoded image (see :class:`vlp.data.multi_crop.MultiCrop`).
     """
 
     COUNTS_STREAMED_SAMPLES = True  # no annotation file: samples are counted as they stream by
@@ -82,8 +83,10 @@ class WebDatasetDataModule(FileDataModule):
         zero_shot_folders: list[str] | None = None,
         image_key: str | None = None,
         caption_key: str | None = None,
+        multi_crop: dict | None = None,
     ) -> None:
-        super().__init__("", image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction, zero_shot_folders)
+        super().__init__("", image_size, image_encoder, image_encoder_kwargs, batch_size, num_workers, seed, all_captions, max_bad_fraction,
+                         zero_shot_folders, multi_crop)
         if train_weights is not None and len(train_weights) != len(train):
             raise ConfigError(f"train_weights has {len(train_weights)} weights for {len(train)} train sources; give one weight per source.")
         self.patterns, self.weights, self.val_pattern = train, train_weights, val
@@ -120,7 +123,7 @@ class WebDatasetDataModule(FileDataModule):
 
     def _stream(self, urls: list[str], transform: ImageTransform, resampled: bool, shuffle_buffer: int, seed: int, split: bool = True,
                 decode: Callable[[Any], Any] | None = None) -> wds.DataPipeline:
-        return sample_stream(urls, transform, resampled, shuffle_buffer, seed, split, self.image_key, self.caption_key, decode)
+        return sample_stream(urls, transform, resampled, shuffle_buffer, seed, split, self.image_key, self.caption_key, decode, self.multi_crop)
 
     def train_decoder(self, transform: ImageTransform) -> Callable[[Any], Any] | None:
         """How training samples are decoded: ``None`` for the standard decoding (subclasses replay stored augmentations)."""

@@ -54,8 +54,11 @@ def timm_vit_patches(
         raise ConfigError(
             f"timm model {type(vit).__name__} is not a VisionTransformer; patch dropping needs a timm ViT (e.g. vit_tiny_patch16_224)."
         )
-    if drop_positions is not None and (vit.dynamic_img_size or getattr(vit.pos_drop, "p", 0.0) > 0 or vit.pos_embed is None):
-        raise ConfigError("Dropping positional embeddings needs a ViT with fixed-size, learned positions and pos_drop_rate 0.")
+    # dynamic_img_size resamples the positions to another input size; at the native size they are the stored ones.
+    grid = tuple(side // patch for side, patch in zip(pixels.shape[-2:], vit.patch_embed.patch_size))
+    resampled = vit.dynamic_img_size and grid != tuple(vit.patch_embed.grid_size)
+    if drop_positions is not None and (resampled or getattr(vit.pos_drop, "p", 0.0) > 0 or vit.pos_embed is None):
+        raise ConfigError("Dropping positional embeddings needs a ViT with learned positions, pos_drop_rate 0 and images at its img_size.")
     prefix = vit.num_prefix_tokens
     x = vit._pos_embed(vit.patch_embed(pixels))
     cls, patches = x[:, :prefix], x[:, prefix:]

@@ -8,22 +8,26 @@ import torch
 from timm.utils.model_ema import ModelEmaV3
 from torch import Tensor, nn
 
+from vlp.data.multi_crop import GLOBAL_CROPS, LOCAL_CROPS
 from vlp.functional_distillation import self_distillation_loss, updated_center
 from vlp.heads.dino import DINOHead
 from vlp.objectives.base import Objective
 from vlp.registry import OBJECTIVES, ConfigError
 from vlp.step import Step
-from vlp.views.random_crops import RandomCrops, random_resized_crops
+from vlp.views.crops import Crops, crop_major
 
 LOCAL_VIEW = "silc_local_crops"
 
 
 @OBJECTIVES.register("silc")
 class SILCSelfDistillation(Objective):
-    """The student image tower sees ``local_crops`` small crops, an EMA teacher sees ``global_crops`` large ones.
+    """The student image tower sees the batch's local crops, an EMA teacher its global crops.
 
-    Both map the tower's pooled feature through a DINO head; the student predicts the
-    teacher's centred, sharpened distribution for every (global, local) pair
+    The crops come from the datamodule (``data.multi_crop``, :mod:`vlp.data.multi_crop`):
+    cut from the source image, the global ones at the tower's input size, the local ones
+    smaller (a ViT tower then needs ``model_kwargs.dynamic_img_size: true``). Both map
+    the tower's pooled feature through a DINO head; the student predicts the teacher's
+    centred, sharpened distribution for every (global, local) pair
     (:func:`~vlp.functional_distillation.self_distillation_loss`). The teacher (image tower
     and head) is timm's ``ModelEmaV3`` of the student, updated once per optimizer step with
     momentum rising from ``momentum`` to 1 on a cosine over training; its temperature warms
@@ -38,10 +42,6 @@ class SILCSelfDistillation(Objective):
         out_dim: int = 4096,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
-        local_crops: int = 4,
-        local_scale: tuple[float, float] = (0.05, 0.4),
-        global_crops: int = 2,
-        global_scale: tuple[float, float] = (0.4, 1.0),
         student_temperature: float = 0.1,
         teacher_temperature: float = 0.07,
         warmup_teacher_temperature: float = 0.04,
@@ -54,8 +54,6 @@ class SILCSelfDistillation(Objective):
         if not 0.0 <= momentum < 1.0 or not 0.0 <= center_momentum < 1.0:
             raise ConfigError(f"silc momentum and center_momentum must be in [0, 1), got {momentum} and {center_momentum}.")
         self.image_view = image_view
-        self.local_view = RandomCrops(local_crops, tuple(local_scale))
-        self.global_crops, self.global_scale = global_crops, tuple(float(s) for s in global_scale)
         self.student_temperature, self.teacher_temperature = student_temperature, teacher_temperature
         self.warmup_teacher_temperature, self.teacher_warmup = warmup_teacher_temperature, teacher_warmup
         self.momentum, self.center_momentum = momentum, center_momentum
@@ -65,7 +63,7 @@ class SILCSelfDistillation(Objective):
         self.progress = 0.0
 
     def image_views(self) -> dict:
-        return {LOCAL_VIEW: self.local_view}
+        return {LOCAL_VIEW: Crops(LOCAL_CROPS)}
 
     def _student(self, encoder: nn.Module) -> nn.ModuleDict:
         return nn.ModuleDict({"tower": encoder.image_tower, "head": self.head})
@@ -81,12 +79,12 @@ class SILCSelfDistillation(Objective):
 
     def forward(self, step: Step) -> dict[str, Tensor]:
         self.progress = step.progress
-        local = step.image(self.image_view)
-        students = self.head(local.pooled).chunk(self.local_view.crops)
+        global_crops = crop_major(step.batch, GLOBAL_CROPS)  # (G·B, C, H, W)
+        local = step.image(self.image_view).pooled  # (L·B, width), crop-major
+        students = self.head(local).chunk(len(local) // len(step.batch))
         with torch.no_grad():
-            crops = random_resized_crops(step.batch.images, self.global_crops, self.global_scale)
             teacher = self.teacher.module
-            teachers = teacher["head"](teacher["tower"](crops).pooled).chunk(self.global_crops)
+            teachers = teacher["head"](teacher["tower"](global_crops).pooled).chunk(len(global_crops) // len(step.batch))
         temperature = self.teacher_temperature_at(step.progress)
         loss = self_distillation_loss(list(students), list(teachers), self.center, self.student_temperature, temperature)
         if self.training:
