@@ -20,8 +20,8 @@ SMALL = [
     "model.image_encoder.model_kwargs={img_size: 32, patch_size: 4, embed_dim: 48, depth: 1, num_heads: 3, mlp_ratio: 2.0}",
     "model.text_encoder.config={model_type: clip_text_model, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 1, num_attention_heads: 2}",
 ]
-# experiments/silc.yaml's multi-crop views: 2 global crops at 32 px, 4 local ones at 16 px (the ViT takes both).
-SILC_CROPS = ["model.image_encoder.model_kwargs.dynamic_img_size=true", "data.multi_crop={global_crops: 2, local_crops: 4, local_size: 16}"]
+# experiments/silc.yaml's multi-crop views: 2 global and 4 local crops, all at the tower's 32 px.
+SILC_CROPS = ["model.image_encoder.model_kwargs.dynamic_img_size=true", "data.multi_crop={global_crops: 2, local_crops: 4, local_size: 32}"]
 COLUMNS = {"zero-shot colour": "zeroshot/colour/top1", "zero-shot shape": "zeroshot/shape/top1",
            "held-out shape": "zeroshot/heldout_shape/top1", "probe shape": "linearprobe/shape/top1",
            "i2t R@1": "retrieval/shapes_val/per_instance/image_to_text_R@1",
