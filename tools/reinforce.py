@@ -87,14 +87,11 @@ def text_embeddings_of(teacher: torch.nn.Module, texts: list[str]) -> torch.Tens
 
 
 def load_synthetic_captioner(path: str) -> Captioner:
-    """The checkpoint's caption decoder, or one ConfigError sentence saying the checkpoint has none."""
+    """The checkpoint's caption decoder; any problem with it is one sentence naming ``--captioner``."""
     try:
         return load_captioner(path)
     except ConfigError as error:
-        if "caption decoder" not in str(error):
-            raise
-        raise ConfigError(f"--captioner {path} has no caption decoder (it was not trained with coca); "
-                          "pass a checkpoint whose model.objectives include coca.") from None
+        raise ConfigError(f"--captioner {path}: {error}") from None
 
 
 @torch.no_grad()

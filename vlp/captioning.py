@@ -64,6 +64,7 @@ def caption_files(checkpoint_path: str, image_paths: list[str], beam_size: int =
         captions += captioner.captions([_read(path) for path in image_paths[start : start + batch_size]], count, beam_size)
     return captions
 
+
 def _read(path: str):
     try:
         return open_image(path)

@@ -19,10 +19,10 @@ from torchvision.transforms import InterpolationMode
 from vlp.data.base import ImageTextDataModule
 from vlp.data.decode import open_image
 from vlp.data.image_folder import DEFAULT_TEMPLATES, LinearProbeSet, read_class_folder
-from vlp.data.multi_crop import MultiCrop, multi_crop_from_config
+from vlp.data.multi_crop import MultiCrop, draft_short_side, multi_crop_from_config
 from vlp.data.quality import BadSample, Skipped
 from vlp.data.records import Reading, Record
-from vlp.data.transforms import DRAFT_MARGIN, ImageTransform, data_config, image_transform
+from vlp.data.transforms import ImageTransform, data_config, image_transform
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
 
@@ -48,9 +48,7 @@ class FileDataset(Dataset):
         self.transform = transform
         self.split = split
         self.multi_crop = multi_crop
-        self.decode_short_side = transform.decode_short_side
-        if multi_crop is not None and self.decode_short_side is not None:
-            self.decode_short_side = max(self.decode_short_side, multi_crop.decode_short_side(DRAFT_MARGIN))
+        self.decode_short_side = draft_short_side(transform, multi_crop)
 
     def __len__(self) -> int:
         return len(self.records)

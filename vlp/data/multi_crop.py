@@ -23,6 +23,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from vlp.config.schema import check_values
+from vlp.data.transforms import DRAFT_MARGIN, ImageTransform
 from vlp.registry import ConfigError
 
 GLOBAL_CROPS = "global_crops"  # batch.extras key: (B, G, C, size, size)
@@ -85,6 +86,14 @@ class MultiCrop:
         """The short side a draft-decoded JPEG must keep so the smallest crop is still downsampled ``margin`` times."""
         return max(math.ceil(margin * side / math.sqrt(scale[0] * CROP_RATIO[0]))
                    for side, scale in ((self.size, self.global_scale), (self.local_size, self.local_scale)))
+
+
+def draft_short_side(transform: ImageTransform, multi_crop: MultiCrop | None) -> int | None:
+    """The short side a JPEG may be draft-decoded to: the transform's, raised so the smallest crop keeps its pixels."""
+    side = transform.decode_short_side
+    if multi_crop is None or side is None:
+        return side
+    return max(side, multi_crop.decode_short_side(DRAFT_MARGIN))
 
 
 def multi_crop_from_config(values: dict[str, Any] | None, size: int,

@@ -19,9 +19,9 @@ import webdataset as wds
 
 from vlp.data.decode import clean_captions, open_image
 from vlp.data.quality import BAD_RECORD, MISSING_IMAGE, SHARD_READ_ERROR, BadSample, Skipped
-from vlp.data.multi_crop import MultiCrop
+from vlp.data.multi_crop import MultiCrop, draft_short_side
 from vlp.data.tar_members import shard_samples
-from vlp.data.transforms import DRAFT_MARGIN, ImageTransform
+from vlp.data.transforms import ImageTransform
 from vlp.registry import ConfigError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -66,9 +66,7 @@ class Decode:
         self.image_keys = (image_key,) if image_key else IMAGE_EXTENSIONS
         self.caption_key = caption_key
         self.multi_crop = multi_crop
-        self.decode_short_side = transform.decode_short_side
-        if multi_crop is not None and self.decode_short_side is not None:
-            self.decode_short_side = max(self.decode_short_side, multi_crop.decode_short_side(DRAFT_MARGIN))
+        self.decode_short_side = draft_short_side(transform, multi_crop)
 
     def __call__(self, sample: dict[str, Any] | Skipped) -> tuple | Skipped:
         if isinstance(sample, Skipped):

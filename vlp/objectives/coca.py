@@ -142,6 +142,7 @@ class CoCa(Objective):
         texts = tower.tokenizer.batch_decode(ids.flatten(0, 1), skip_special_tokens=True)
         return [texts[i * count : (i + 1) * count] for i in range(images.shape[0])]
 
+
 @torch.no_grad()
 def attends_causally(text_tower: nn.Module, first: int, middle: int, other: int) -> bool:
     """Whether the tower's token states ignore later tokens: changing the last id must not move the others."""

@@ -18,7 +18,7 @@ def crop_major(batch: Batch, key: str) -> Tensor:
     if key not in batch.extras:
         raise ConfigError(
             f'This batch has no multi-crop views ("{key}"); set data.multi_crop (e.g. {{global_crops: 2, local_crops: 4}}) '
-            f"on a datamodule that cuts them (shapes or an image-file datamodule)."
+            f"on a datamodule that cuts them (shapes, an image-file or a webdataset datamodule)."
         )
     crops = batch.extras[key]
     return crops.transpose(0, 1).flatten(0, 1)
