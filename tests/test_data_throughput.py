@@ -70,7 +70,7 @@ class StackedInWorker(IterableDataset):
         yield stacked, stacked.is_shared()
 
 
-def test_stacked_pixels_equal_torch_stack_stored_channels_last_and_made_in_shared_memory_in_workers():
+def test_stacked_pixels_equal_torch_stack_in_the_images_layout_and_made_in_shared_memory_in_workers():
     images = pil_tensors(3)
     assert images[0].permute(1, 2, 0).is_contiguous()  # the case stack_pixels copies without transposing
     stacked = stack_pixels(images)
@@ -78,6 +78,9 @@ def test_stacked_pixels_equal_torch_stack_stored_channels_last_and_made_in_share
     assert not stacked.is_shared() and torch.equal(unit_float(stacked), torch.stack(images).float() / 255) and unit_float(stacked).is_contiguous()
     from_worker, shared_there = next(iter(DataLoader(StackedInWorker(), batch_size=None, num_workers=1)))
     assert shared_there and torch.equal(from_worker, stacked)
+    contiguous = [image.contiguous() for image in images]  # as the training crop's resize leaves them: the batch keeps that layout
+    stacked = stack_pixels(contiguous)
+    assert torch.equal(stacked, torch.stack(images)) and stacked.is_contiguous()
     with pytest.raises(RuntimeError):
         stack_pixels([images[0], images[0][:, :-1]])
 

@@ -2,9 +2,11 @@
 
     python tools/bench_data.py --images 512 --size 256     # generated JPEGs, in a temporary folder
 
-The plain loops run in this process: ``plain_pil_float`` is the old baseline (full decode,
-float transform); ``plain_pil`` does what a loader worker does per sample (uint8 pixels,
-draft decoding of large JPEGs). The shard loops run the training loader of
+The plain loops run in this process. ``plain_pil_float`` is the original baseline (full
+decode, timm's PIL training transform to floats); ``plain_pil`` is the plain PIL loop the
+shard workers are measured against (draft decoding of large JPEGs, timm's PIL transform
+to uint8); ``worker_steps`` is a worker's own per-sample work without the pipeline
+(draft decoding, vlp's uint8 training transform, which resizes on tensors). The shard loops run the training loader of
 :class:`WebDatasetDataModule`, in this process (0 workers: the pipeline's own cost, no
 inter-process transfer) and with 1 and 2 worker processes. Besides samples/s (wall clock), each line gives CPU
 milliseconds per sample over every process involved (main and workers), which a busy
@@ -31,8 +33,10 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_shards  # noqa: E402
 
-from vlp.data.decode import open_image  # noqa: E402
-from vlp.data.transforms import data_config, image_transform  # noqa: E402
+from timm.data import create_transform  # noqa: E402
+
+from vlp.data.decode import open_image, open_pixels  # noqa: E402
+from vlp.data.transforms import TRAIN_CROP_RATIO, TRAIN_CROP_SCALE, data_config, image_transform  # noqa: E402
 from vlp.data.web_shards import WebDatasetDataModule  # noqa: E402
 
 
@@ -53,19 +57,35 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def timm_pil_transform(image_size: int, uint8: bool):
+    """timm's PIL training transform with vlp's crop range: to uint8 pixels, or to floats in [0, 1]."""
+    transform = create_transform(image_size, is_training=True, interpolation="bicubic", scale=TRAIN_CROP_SCALE, ratio=TRAIN_CROP_RATIO,
+                                 hflip=0.0, color_jitter=None, normalize=False)
+    return transform if uint8 else lambda image: transform(image).float().div_(255)
+
+
 def plain_float_loop(folder: Path, count: int, image_size: int) -> int:
-    """The old baseline: open, decode in full and transform to floats, in one process."""
-    transform = image_transform(data_config(image_size), train=True, draft_margin=None)
+    """The original baseline: open, decode in full and transform to floats with PIL, in one process."""
+    transform = timm_pil_transform(image_size, uint8=False)
     for i in range(count):
         transform(Image.open(folder / f"{i}.jpg").convert("RGB"))
     return count
 
 
 def plain_loop(folder: Path, count: int, image_size: int) -> int:
-    """A worker's per-sample work without the pipeline: decode (draft when large), uint8 transform."""
+    """The plain PIL loop: decode (draft when large) and timm's PIL transform to uint8, in one process."""
+    transform = timm_pil_transform(image_size, uint8=True)
+    draft_side = image_transform(data_config(image_size), train=True).decode_short_side
+    for i in range(count):
+        transform(open_image(str(folder / f"{i}.jpg"), draft_side))
+    return count
+
+
+def worker_steps_loop(folder: Path, count: int, image_size: int) -> int:
+    """A worker's per-sample work without the pipeline: decode (draft when large), vlp's uint8 training transform."""
     transform = image_transform(data_config(image_size), train=True, dtype=torch.uint8)
     for i in range(count):
-        transform(open_image(str(folder / f"{i}.jpg"), transform.decode_short_side))
+        transform(open_pixels(str(folder / f"{i}.jpg"), transform.decode_short_side))
     return count
 
 
@@ -136,7 +156,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         make_shards.main(["--format", "csv", "--annotations", str(csv), "--root", tmp, "--output", f"{tmp}/shards", "--shard-size", str(max(1, args.images // 8)), "--quiet"])
         pattern = f"{tmp}/shards/shard-{{000000..{len(list((folder / 'shards').glob('*.tar'))) - 1:06d}}}.tar"
         measured = {"plain_pil_float": timed(plain_float_loop, folder, args.images, args.image_size),
-                    "plain_pil": timed(plain_loop, folder, args.images, args.image_size)}
+                    "plain_pil": timed(plain_loop, folder, args.images, args.image_size),
+                    "worker_steps": timed(worker_steps_loop, folder, args.images, args.image_size)}
         for workers in (0, 1, 2):
             measured[f"shards_{workers}_worker"] = timed(shard_loop, pattern, args.images, args.image_size, workers)
     print(f"{args.images} JPEGs, short side {args.size} -> {args.image_size} px")
@@ -151,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
           f"{results['shards_0_worker'] / results['plain_pil']:.2f}x wall clock, {cpu['plain_pil'] / cpu['shards_0_worker']:.2f}x by CPU time; "
           f"2 workers / 1 worker: "
           f"{results['shards_2_worker'] / results['shards_1_worker']:.2f}x; "
-          f"vs the old float baseline: {cpu['plain_pil_float'] / cpu['shards_1_worker']:.2f}x by CPU time")
+          f"vs the original float baseline: {cpu['plain_pil_float'] / cpu['shards_1_worker']:.2f}x by CPU time")
+    print(f"pipeline cost: shards (1 worker) / worker steps in process {cpu['worker_steps'] / cpu['shards_1_worker']:.2f}x, "
+          f"shards (0 workers) / worker steps {cpu['worker_steps'] / cpu['shards_0_worker']:.2f}x by CPU time")
     print(f"after the first batch: shards (1 worker) / plain PIL {steady['shards_1_worker'] / results['plain_pil']:.2f}x, "
           f"shards (0 workers) / plain PIL {steady['shards_0_worker'] / results['plain_pil']:.2f}x wall clock")
     print(f"workers (one core each) to feed {args.target:.0f} samples/s at {per_worker:.0f} samples/s per worker: "

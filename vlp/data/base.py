@@ -114,20 +114,23 @@ class Collate:
 
 
 def stack_pixels(images: list[Tensor]) -> Tensor:
-    """(C, H, W) images -> a (B, C, H, W) batch stored channels-last, in shared memory inside a loader worker.
+    """(C, H, W) images -> a (B, C, H, W) batch in the images' own memory layout, in shared memory inside a loader worker.
 
-    ``pil_to_tensor`` gives each image as a (C, H, W) view of (H, W, C) pixels, so copying
-    it into a channels-last batch is one plain memory copy (``torch.stack`` would transpose
-    every pixel: about 5x the time). A batch made in shared memory leaves the worker as it
-    is, where the worker queue would otherwise copy it there. The layout is undone on the
-    device by :func:`vlp.data.transforms.unit_float`.
+    Images stored (H, W, C), as ``pil_to_tensor`` leaves them, make a channels-last batch;
+    contiguous (C, H, W) images, as the training transform's resize leaves them, make a
+    contiguous one. Either way each image is one plain memory copy (copying across layouts
+    would transpose every pixel: about 5x the time). A batch made in shared memory leaves
+    the worker as it is, where the worker queue would otherwise copy it there. The device
+    side makes it a contiguous float batch (:func:`vlp.data.transforms.unit_float`).
     """
     first = images[0]
     if first.dim() != 3 or any(image.shape != first.shape for image in images):
         return torch.stack(images)  # its own error for mismatched shapes
-    channels, height, width = first.shape
     size = len(images) * first.numel()
     flat = first.new(first._typed_storage()._new_shared(size, device=first.device)) if get_worker_info() is not None else first.new_empty(size)
+    if not first.permute(1, 2, 0).is_contiguous():
+        return torch.stack(images, out=flat.view(len(images), *first.shape))
+    channels, height, width = first.shape
     out = flat.view(len(images), height, width, channels)
     torch.stack([image.permute(1, 2, 0) for image in images], out=out)
     return out.permute(0, 3, 1, 2)

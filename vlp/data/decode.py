@@ -9,6 +9,8 @@ import warnings
 from typing import Iterable
 
 from PIL import Image
+from torch import Tensor
+from torchvision.transforms.functional import pil_to_tensor
 
 from vlp.data.quality import CAPTION_NOT_UTF8, EMPTY_CAPTION, MISSING_FILE, UNREADABLE_IMAGE, BadSample
 
@@ -34,6 +36,11 @@ def open_image(source: str | bytes, min_short_side: int | None = None) -> Image.
                 return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise BadSample(UNREADABLE_IMAGE, f"{source if isinstance(source, str) else '<bytes>'} ({error})") from error
+
+
+def open_pixels(source: str | bytes, min_short_side: int | None = None) -> Tensor:
+    """:func:`open_image` as uint8 (C, H, W) pixels stored (H, W, C), the layout torch's fast uint8 resize takes."""
+    return pil_to_tensor(open_image(source, min_short_side))
 
 
 def decode_text(raw: str | bytes) -> str:

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode
 
 from vlp.data.base import ImageTextDataModule
-from vlp.data.decode import open_image
+from vlp.data.decode import open_image, open_pixels
 from vlp.data.image_folder import DEFAULT_TEMPLATES, LinearProbeSet, read_class_folder
 from vlp.data.multi_crop import MultiCrop, draft_short_side, multi_crop_from_config
 from vlp.data.quality import BadSample, Skipped
@@ -56,7 +56,7 @@ class FileDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, list[str], dict[str, Any]] | Skipped:
         record = self.records[index]
         try:
-            image = open_image(resolve(self.root, record.image), self.decode_short_side)
+            image = open_pixels(resolve(self.root, record.image), self.decode_short_side)
         except BadSample as bad:
             return Skipped(bad.cause, f"{self.split}/{record.key}")
         crops = self.multi_crop(image) if self.multi_crop is not None else {}

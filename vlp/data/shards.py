@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import webdataset as wds
 
-from vlp.data.decode import clean_captions, open_image
+from vlp.data.decode import clean_captions, open_pixels
 from vlp.data.quality import BAD_RECORD, MISSING_IMAGE, SHARD_READ_ERROR, BadSample, Skipped
 from vlp.data.multi_crop import MultiCrop, draft_short_side
 from vlp.data.tar_members import shard_samples
@@ -77,7 +77,7 @@ class Decode:
             if name is None:
                 raise BadSample(MISSING_IMAGE, key)
             captions = captions_of(sample, self.caption_key)
-            image = open_image(sample[name], self.decode_short_side)
+            image = open_pixels(sample[name], self.decode_short_side)
         except BadSample as bad:
             return Skipped(bad.cause, key)
         crops = self.multi_crop(image) if self.multi_crop is not None else {}
