@@ -156,6 +156,8 @@ def test_resume_refuses_a_change_the_checkpoint_would_silently_ignore():
         check_resume_changes(stored, {**stored, "optim": {"lr": 1e30}}, "x.ckpt")
     with pytest.raises(ConfigError, match="`model.embed_dim`"):
         check_resume_changes(stored, {**stored, "model": {"embed_dim": 64}}, "x.ckpt")
+    with pytest.raises(ConfigError, match="`data.num_workers` is 2 but the run in x.ckpt used 0"):  # the loader state is per worker
+        check_resume_changes({**stored, "data": {"num_workers": 0}}, {**stored, "data": {"num_workers": 2}}, "x.ckpt")
 
 
 # --- bad input: one sentence, exit 2, no run directory ---------------------------------------

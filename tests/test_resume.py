@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY_OVERRIDES
+from test_data_fit import write_shapes_csv
 
 EXPERIMENT = str(REPO / "experiments" / "tiny_vit.yaml")
 # 256 / 32 = 8 optimizer steps per epoch, 16 in all; last.ckpt rewritten every 3 steps.
@@ -65,6 +66,51 @@ def test_kill_9_mid_epoch_then_resume_last_gives_bit_identical_weights(tmp_path:
         assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 16
     expected, got = weights(tmp_path / "whole"), weights(crashed)
     assert expected.keys() == got.keys()
+    different = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert not different, different
+
+
+@pytest.fixture(scope="module")
+def augmented_files(tmp_path_factory) -> Path:
+    """Rendered shapes as PNG files in a CSV table: the ``csv`` datamodule crops them at random in training."""
+    root = tmp_path_factory.mktemp("augmented")
+    write_shapes_csv(root / "data")  # 64 training rows, one of them a bad image: 4 steps of 16 per epoch
+    return root
+
+
+def files_run(root: Path, workers: int) -> list[str]:
+    data = root / "data"
+    return [o for o in TINY_OVERRIDES if not o.startswith("data.")] + [
+        f"data={{name: csv, train: {data / 'train.csv'}, val: {data / 'val.csv'}, root: {data}, image_size: 16, "
+        f"batch_size: 16, max_bad_fraction: 0.05, num_workers: {workers}}}",
+        "trainer.max_epochs=2", "checkpoint.every_n_steps=3", "eval=[]"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("workers", "kill_after", "saved_at"), [(0, 7, 6), (2, 7, 6), (2, 5, 4)])
+def test_kill_9_with_augmented_images_and_loader_workers_resumes_bit_identical(augmented_files: Path, tmp_path: Path,
+                                                                               workers: int, kill_after: int, saved_at: int):
+    """Random crops draw in the workers (or the main process); a resume must replay them and must not drop an epoch.
+
+    Saved at step 6 the run is mid second epoch (2 of 4 batches); at step 4 it is at the first
+    epoch's end, where a resumed run with workers used to skip the whole second epoch.
+    """
+    run = files_run(augmented_files, workers)
+    whole = augmented_files / f"whole-{workers}"
+    if not whole.exists():  # one uninterrupted run per worker count, shared by the cases
+        finished = vlp("fit", EXPERIMENT, *run, f"run_dir={whole}")
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_AFTER_STEP)
+    crashed = tmp_path / "crashed"
+    killed = vlp("fit", EXPERIMENT, *run, f"run_dir={crashed}", extra_path=hook, KILL_AFTER_STEP=str(kill_after))
+    assert killed.returncode == -signal.SIGKILL
+    assert torch.load(crashed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == saved_at
+    resumed = vlp("fit", EXPERIMENT, *run, f"run_dir={crashed}", "--resume", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((crashed / "metrics.json").read_text())["global_step"] == 8
+    expected, got = weights(whole), weights(crashed)
     different = [name for name in expected if not torch.equal(expected[name], got[name])]
     assert not different, different
 

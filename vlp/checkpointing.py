@@ -213,7 +213,7 @@ class ExactResume(Callback):
         loaders = [loader for loader in fit_loop._combined_loader.flattened if isinstance(loader, StatefulDataLoader)]
         for loader, state in zip(loaders, states):
             loader.load_state_dict(state)
-            if state.get("_num_yielded", 0) >= len(loader) and not state.get("_iterator_finished", False):
+            if batches_served(state) >= len(loader) and not state.get("_iterator_finished", False):
                 for _ in loader:  # saved after the epoch's last batch: reach its end (no batch is left), so that
                     pass  # the next iterator starts the next epoch from the restored generators
         iter(fit_loop._data_fetcher)
@@ -222,6 +222,13 @@ class ExactResume(Callback):
         if self._pending is not None:
             set_rng_states(self._pending)
             self._pending = None
+
+
+def batches_served(loader_state: dict[str, Any]) -> int:
+    """Batches a ``StatefulDataLoader`` had served this epoch when its state was saved (either process layout)."""
+    if "_num_yielded" in loader_state:  # loading in the main process
+        return loader_state["_num_yielded"]
+    return loader_state["_snapshot"]["_snapshot_step"]  # loader workers
 
 
 def rng_states() -> dict[str, Any]:

@@ -19,8 +19,7 @@ RESUMABLE = (
     "trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.enable_progress_bar",
     "trainer.enable_model_summary", "trainer.log_every_n_steps", "trainer.num_sanity_val_steps",
     "trainer.check_val_every_n_epoch", "trainer.val_check_interval", "trainer.limit_val_batches",
-    "data.num_workers",
-)
+)  # not data.num_workers: the loader's saved position and augmentation draws are per worker
 
 
 def _leaves(node: Any, prefix: str = "") -> dict[str, Any]:

@@ -200,14 +200,15 @@ class ImageTextDataModule(L.LightningDataModule):
             raise RuntimeError("attach_tokenizer() must be called before loaders are built.")
         generator = torch.Generator().manual_seed(self.seed)
         collate = Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed, keep_uint8=train)
-        # Training resumes mid-epoch at the exact next batch: the stateful loader's position and
-        # the collate's caption generator (carried by the dataset) are saved in every checkpoint.
+        # Training resumes mid-epoch at the exact next batch: the stateful loader's position, the
+        # collate's caption generator and the augmentations' generators (both carried by the
+        # dataset, per worker) are saved in every checkpoint.
         # The sampler owns its generator: a loader's generator also seeds each new iterator, and those
         # draws are not part of the sampler's saved state.
         if not train:
             return DataLoader(dataset, batch_size=self.batch_size, num_workers=self.num_workers,
                               persistent_workers=self.num_workers > 0, collate_fn=collate)
-        dataset = CarriesDraws(dataset, collate.rng)
+        dataset = CarriesDraws(dataset, collate.rng, self.seed)
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,

@@ -2,17 +2,20 @@
 
 torchdata's ``StatefulDataLoader`` records the sampler's generator and position (in the
 main process and in every worker); Lightning saves that state in each checkpoint and
-restores it on ``--resume``. The collate function's caption choice draws from its own
-generator, which the loader does not know about, so the dataset is wrapped to carry
-that generator's state with it.
+restores it on ``--resume``. Two kinds of draws are invisible to the loader: the collate
+function's caption choice (its own generator) and the augmentations' crop boxes (timm and
+torchvision draw from the global ``random`` and torch generators, whose state in a worker
+no checkpoint holds). The dataset is wrapped to own both and carry them in its state.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
@@ -20,21 +23,69 @@ __all__ = ["CarriesDraws", "RandomSampler", "StatefulDataLoader"]
 
 
 class CarriesDraws(Dataset):
-    """A dataset unchanged, plus ``state_dict`` / ``load_state_dict`` of a generator the collate uses."""
+    """A dataset unchanged, plus the generators its samples' augmentations and the collate draw from, as its state.
 
-    def __init__(self, dataset: Dataset, rng: random.Random) -> None:
+    Each sample swaps this dataset's own ``random`` and torch states in for its draws and the
+    caller's back afterwards: the draws follow the loader's saved state, and the rest of the
+    program's randomness (dropout, masking) is untouched. A loader worker reseeds both from
+    (seed, worker id) before its first sample, as copies of one state would repeat each
+    other's draws; a state loaded in the worker is kept.
+    """
+
+    def __init__(self, dataset: Dataset, rng: random.Random, seed: int) -> None:
         self.dataset = dataset
-        self.rng = rng
+        self.rng = rng  # the collate's caption choice
+        self.seed = seed
+        self.worker: int | None = None  # the process the draws were seeded for (None: the main one)
+        self.draws = draw_states(f"{seed}/main")
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Any:
-        return self.dataset[index]
+        self._seed_this_worker()
+        with self._own_draws():
+            return self.dataset[index]
+
+    def _seed_this_worker(self) -> None:
+        info = get_worker_info()
+        if info is not None and info.id != self.worker:
+            self.worker = info.id
+            self.draws = draw_states(f"{self.seed}/worker{info.id}")
+            self.rng.seed(f"{self.seed}/captions/worker{info.id}")
+
+    @contextmanager
+    def _own_draws(self) -> Iterator[None]:
+        """The global generators hold this dataset's draws inside the block, the caller's outside."""
+        outer = random.getstate(), torch.get_rng_state()
+        random.setstate(self.draws[0])
+        torch.set_rng_state(self.draws[1])
+        try:
+            yield
+        finally:
+            self.draws = random.getstate(), torch.get_rng_state()
+            random.setstate(outer[0])
+            torch.set_rng_state(outer[1])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"collate_rng": self.rng.getstate()}
+        python, torch_state = self.draws
+        return {"collate_rng": self.rng.getstate(), "sample_rng": python, "sample_torch_rng": torch_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        version, internal, gauss = state["collate_rng"]
-        self.rng.setstate((version, tuple(internal), gauss))
+        self.rng.setstate(as_random_state(state["collate_rng"]))
+        if "sample_rng" in state:  # checkpoints from before the draws were carried have none
+            self.draws = as_random_state(state["sample_rng"]), state["sample_torch_rng"]
+        info = get_worker_info()
+        self.worker = None if info is None else info.id
+
+
+def draw_states(name: str) -> tuple[tuple, torch.Tensor]:
+    """Fresh ``random`` and torch generator states, both fixed by ``name``."""
+    python = random.Random(name)
+    return python.getstate(), torch.Generator().manual_seed(python.getrandbits(63)).get_state()
+
+
+def as_random_state(state: Any) -> tuple:
+    """A ``random`` state as ``setstate`` takes it (a checkpoint stores its tuples as lists)."""
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
