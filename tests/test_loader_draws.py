@@ -34,7 +34,7 @@ def words(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, torch.ones_like(ids)
 
 
-def epoch(workers: int) -> list:
+def epoch(workers: int = 0) -> list:
     module = Module(workers)
     module.attach_tokenizer(words)
     module.setup("fit")
@@ -59,3 +59,13 @@ def test_each_worker_draws_its_own_augmentations_and_caption_choices():
     assert len(set(images[:, 0].tolist())) == len(images) and len(set(images[:, 1].tolist())) == len(images)
     chosen = [batch.input_ids.flatten().tolist() for batch in batches]
     assert chosen[0] != chosen[1] and chosen[2] != chosen[3]  # copies of one caption generator would choose alike
+
+
+def test_each_rank_draws_its_own_augmentations_and_caption_choices(monkeypatch):
+    on_rank_0 = epoch()
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+    on_rank_1 = epoch()
+    assert not any(torch.equal(a.images, b.images) for a, b in zip(on_rank_0, on_rank_1))
+    assert [b.input_ids.flatten().tolist() for b in on_rank_0] != [b.input_ids.flatten().tolist() for b in on_rank_1]

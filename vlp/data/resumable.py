@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
@@ -27,17 +28,21 @@ class CarriesDraws(Dataset):
 
     Each sample swaps this dataset's own ``random`` and torch states in for its draws and the
     caller's back afterwards: the draws follow the loader's saved state, and the rest of the
-    program's randomness (dropout, masking) is untouched. A loader worker reseeds both from
-    (seed, worker id) before its first sample, as copies of one state would repeat each
-    other's draws; a state loaded in the worker is kept.
+    program's randomness (dropout, masking) is untouched. The generators are seeded from
+    (seed, rank, worker id), a worker's before its first sample: copies of one state would
+    repeat each other's draws. A state loaded in the worker is kept. (Rank 0's main process
+    keeps the collate's own caption generator as it was seeded.)
     """
 
     def __init__(self, dataset: Dataset, rng: random.Random, seed: int) -> None:
         self.dataset = dataset
         self.rng = rng  # the collate's caption choice
-        self.seed = seed
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        self.name = f"{seed}/rank{rank}"
         self.worker: int | None = None  # the process the draws were seeded for (None: the main one)
-        self.draws = draw_states(f"{seed}/main")
+        self.draws = draw_states(f"{self.name}/main")
+        if rank:
+            self.rng.seed(f"{self.name}/captions/main")
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -51,8 +56,8 @@ class CarriesDraws(Dataset):
         info = get_worker_info()
         if info is not None and info.id != self.worker:
             self.worker = info.id
-            self.draws = draw_states(f"{self.seed}/worker{info.id}")
-            self.rng.seed(f"{self.seed}/captions/worker{info.id}")
+            self.draws = draw_states(f"{self.name}/worker{info.id}")
+            self.rng.seed(f"{self.name}/captions/worker{info.id}")
 
     @contextmanager
     def _own_draws(self) -> Iterator[None]:
