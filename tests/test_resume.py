@@ -116,6 +116,18 @@ def test_kill_9_with_augmented_images_and_loader_workers_resumes_bit_identical(a
 
 
 @pytest.mark.slow
+def test_a_moved_run_directory_resumes_and_keeps_writing_its_last_checkpoint(tmp_path: Path):
+    """Runs move (scratch to project storage); a resumed run used to save into last-v1.ckpt, which `--resume last` never reads."""
+    first = vlp("fit", EXPERIMENT, *RUN, "trainer.max_epochs=1", f"run_dir={tmp_path / 'scratch'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    (tmp_path / "scratch").rename(tmp_path / "project")
+    resumed = vlp("fit", EXPERIMENT, *RUN, f"run_dir={tmp_path / 'project'}", "--resume", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "project" / "checkpoints").iterdir()) == ["last.ckpt"]
+    assert torch.load(tmp_path / "project" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 16
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_saves_a_checkpoint_and_exits_non_zero_with_how_to_resume(tmp_path: Path, signum: int):
     run_dir = tmp_path / "run"

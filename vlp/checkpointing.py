@@ -115,6 +115,9 @@ class PeriodicCheckpoint(ModelCheckpoint):
             save_top_k=config.keep, save_last=True, every_n_epochs=1 if config.every_epoch else 0,
             # at the epoch's true end (after its validation), where Lightning's loops resume cleanly into the next epoch
             save_on_train_epoch_end=True,
+            # a run directory that was moved still rewrites its own last.ckpt (Lightning would write last-v1.ckpt
+            # beside a file it did not itself write in this location, and `--resume last` would reread the old one)
+            enable_version_counter=False,
         )
         self.every_n_steps = config.every_n_steps
         self.every_seconds = None if config.every_minutes is None else 60.0 * config.every_minutes
