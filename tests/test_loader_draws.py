@@ -1,4 +1,4 @@
-"""Training loaders own their samples' random draws: the global generators stay the caller's, and workers never repeat each other."""
+"""Training loaders own their samples' random draws (the global generators stay the caller's; workers and ranks never repeat each other), and DDP ranks share one resumable order."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from vlp.data.base import ImageTextDataModule
+from vlp.data.resumable import RandomSampler, RankShare
 
 
 class DrawingSamples(Dataset):
@@ -69,3 +70,22 @@ def test_each_rank_draws_its_own_augmentations_and_caption_choices(monkeypatch):
     on_rank_1 = epoch()
     assert not any(torch.equal(a.images, b.images) for a, b in zip(on_rank_0, on_rank_1))
     assert [b.input_ids.flatten().tolist() for b in on_rank_0] != [b.input_ids.flatten().tolist() for b in on_rank_1]
+
+
+def shares_of(seed: int, rank: int) -> RankShare:
+    return RankShare(RandomSampler(range(10), generator=torch.Generator().manual_seed(seed)), rank, 3)
+
+
+def test_rank_shares_split_one_order_disjointly_and_resume_mid_epoch_in_a_later_epoch():
+    order = list(RandomSampler(range(10), generator=torch.Generator().manual_seed(0)))
+    assert [list(shares_of(0, rank)) for rank in range(3)] == [order[0:9:3], order[1:9:3], order[2:9:3]]  # the tail (1) is dropped
+    share = shares_of(0, 1)
+    first_epoch = list(share)
+    second = iter(share)
+    next(second)
+    state = second.state_dict()
+    rest = list(second)
+    assert len(rest) == 2 and rest != first_epoch[1:]  # the second epoch has its own order
+    resumed = iter(shares_of(0, 1))  # a fresh process: the generator is back at its seed
+    resumed.load_state_dict(state)
+    assert list(resumed) == rest

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,6 +112,27 @@ def test_kill_9_with_augmented_images_and_loader_workers_resumes_bit_identical(a
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((crashed / "metrics.json").read_text())["global_step"] == 8
     expected, got = weights(whole), weights(crashed)
+    different = [name for name in expected if not torch.equal(expected[name], got[name])]
+    assert not different, different
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_run_resumed_mid_epoch_from_a_numbered_checkpoint_is_bit_identical(tmp_path: Path):
+    """`vlp fit` under `ddp` (2 CPU processes): each rank's share of the order and its own caption draws resume.
+
+    Lightning used to wrap the sampler in a DistributedSampler that redrew the order on resume, and it
+    saves rank 0's loader state only, which rank 1 then loaded; both changed what a resumed run read.
+    """
+    run = RUN + ["checkpoint.keep=10", "trainer.strategy=ddp", "trainer.devices=2", "trainer.accelerator=cpu"]
+    whole = tmp_path / "whole"  # 256 / (2 x 32) = 4 steps per epoch
+    finished = vlp("fit", EXPERIMENT, *run, f"run_dir={whole}")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    resumed_dir = tmp_path / "resumed"
+    shutil.copytree(whole, resumed_dir)
+    resumed = vlp("fit", EXPERIMENT, *run, f"run_dir={resumed_dir}", "--resume", str(resumed_dir / "checkpoints" / "step=3.ckpt"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert torch.load(resumed_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 8
+    expected, got = weights(whole), weights(resumed_dir)
     different = [name for name in expected if not torch.equal(expected[name], got[name])]
     assert not different, different
 

@@ -185,21 +185,32 @@ class StopOnSignal(Callback):
 
 
 class ExactResume(Callback):
-    """Store the global RNG states (torch, numpy, Python) and restore them right before the next batch.
+    """Store the global RNG states (torch, numpy, Python) and every rank's loader state; restore both on resume.
 
     Lightning checkpoints weights, optimizer, scheduler, loop counters and a stateful data
     loader's position; random draws made in the training step (dropout, masking) also need
-    the generators' states for a resumed run to equal an uninterrupted one.
+    the generators' states for a resumed run to equal an uninterrupted one. Lightning writes
+    rank 0's loader state only, but each rank's loader draws its own augmentations and
+    caption choices (:class:`vlp.data.resumable.CarriesDraws`): the ranks' states are
+    gathered into ``vlp_loader_states`` and each rank resumes from its own.
     """
 
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
+        self._loader_states: list[Any] | None = None
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["vlp_rng"] = rng_states()
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            own = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+            every_rank: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(every_rank, own)
+            checkpoint["vlp_loader_states"] = every_rank
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._pending = checkpoint.get("vlp_rng")
+        every_rank = checkpoint.get("vlp_loader_states")
+        self._loader_states = every_rank[trainer.global_rank] if every_rank and len(every_rank) == trainer.world_size else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Put the restored loader position into effect.
@@ -211,6 +222,8 @@ class ExactResume(Callback):
         """
         fit_loop = trainer.fit_loop
         states, fit_loop._combined_loader_states_to_load = fit_loop._combined_loader_states_to_load, []
+        if states and self._loader_states is not None:
+            states = self._loader_states  # this rank's own, not rank 0's
         if not states or fit_loop._combined_loader is None:
             return
         loaders = [loader for loader in fit_loop._combined_loader.flattened if isinstance(loader, StatefulDataLoader)]

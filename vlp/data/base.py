@@ -9,13 +9,14 @@ from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from vlp.batch import Batch
 from vlp.data.multi_crop import IMAGE_EXTRAS, MultiCrop
 from vlp.data.quality import BATCH_KEY, DataQuality, Skipped, tally
-from vlp.data.resumable import CarriesDraws, RandomSampler, StatefulDataLoader
+from vlp.data.resumable import CarriesDraws, RandomSampler, RankShare, StatefulDataLoader
 from vlp.data.transforms import unit_float
 from vlp.evaluation.base import RetrievalSet, ZeroShotTask
 from vlp.registry import ConfigError
@@ -212,13 +213,20 @@ class ImageTextDataModule(L.LightningDataModule):
         return StatefulDataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=self.train_sampler(dataset, generator),
+            sampler=self._rank_share(self.train_sampler(dataset, generator)),
             drop_last=True,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
             generator=torch.Generator().manual_seed(self.seed + 1),
         )
+
+    @staticmethod
+    def _rank_share(sampler: Sampler[int]) -> Sampler[int]:
+        """Under DDP, this rank's share of the order, resumable (see :class:`vlp.data.resumable.RankShare`)."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return sampler
+        return RankShare(sampler, dist.get_rank(), dist.get_world_size())
 
     def train_sampler(self, dataset: Dataset, generator: torch.Generator) -> Sampler[int]:
         """The training order; a replacement must save its position (``state_dict``) to resume mid-epoch."""

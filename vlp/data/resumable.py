@@ -16,11 +16,11 @@ from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, DistributedSampler, Sampler, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import RandomSampler
 
-__all__ = ["CarriesDraws", "RandomSampler", "StatefulDataLoader"]
+__all__ = ["CarriesDraws", "RandomSampler", "RankShare", "StatefulDataLoader"]
 
 
 class CarriesDraws(Dataset):
@@ -94,3 +94,47 @@ def as_random_state(state: Any) -> tuple:
     """A ``random`` state as ``setstate`` takes it (a checkpoint stores its tuples as lists)."""
     version, internal, gauss = state
     return version, tuple(internal), gauss
+
+
+class RankShare(DistributedSampler):
+    """This rank's share of a resumable sampler's order: of each round of ``world_size`` indices, the ``rank``-th.
+
+    Every rank draws the same order (the same seeded generator), so the shares are disjoint
+    and equal (an order's tail shorter than a round is dropped). Being a ``DistributedSampler``,
+    it is kept by Lightning, whose own wrapper is not resumable: it redraws the order when a
+    loader restores its position, so a resumed DDP run read other samples than it would have.
+    """
+
+    def __init__(self, sampler: Sampler[int], rank: int, world_size: int) -> None:
+        super().__init__(range(len(sampler)), num_replicas=world_size, rank=rank, shuffle=False, drop_last=True)  # type: ignore[arg-type]
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.num_replicas  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[int]:
+        return _ShareOfPass(self)
+
+
+class _ShareOfPass(Iterator[int]):
+    """One epoch of a :class:`RankShare`; its state is the whole order's (generator and position) plus this share's count."""
+
+    def __init__(self, share: RankShare) -> None:
+        self.share = share
+        self.order = iter(share.sampler)
+        self.yielded = 0
+
+    def __next__(self) -> int:
+        if self.yielded >= len(self.share):
+            raise StopIteration
+        round_ = [next(self.order) for _ in range(self.share.num_replicas)]
+        self.yielded += 1
+        return round_[self.share.rank]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.state_dict(), "yielded": self.yielded}  # type: ignore[attr-defined]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order = iter(self.share.sampler)
+        self.order.load_state_dict(state["order"])  # type: ignore[attr-defined]
+        self.yielded = state["yielded"]
