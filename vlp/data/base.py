@@ -203,7 +203,7 @@ class ImageTextDataModule(L.LightningDataModule):
         collate = Collate(self.tokenize, sample_caption=train, all_captions=self.all_captions, seed=self.seed, keep_uint8=train)
         # Training resumes mid-epoch at the exact next batch: the stateful loader's position, the
         # collate's caption generator and the augmentations' generators (both carried by the
-        # dataset, per worker) are saved in every checkpoint.
+        # dataset, per rank and worker) are saved in every checkpoint.
         # The sampler owns its generator: a loader's generator also seeds each new iterator, and those
         # draws are not part of the sampler's saved state.
         if not train:

@@ -6,6 +6,8 @@ restores it on ``--resume``. Two kinds of draws are invisible to the loader: the
 function's caption choice (its own generator) and the augmentations' crop boxes (timm and
 torchvision draw from the global ``random`` and torch generators, whose state in a worker
 no checkpoint holds). The dataset is wrapped to own both and carry them in its state.
+Under DDP each rank reads its share of one order through :class:`RankShare`, whose state
+is the order's own.
 """
 
 from __future__ import annotations
@@ -132,9 +134,17 @@ class _ShareOfPass(Iterator[int]):
         return round_[self.share.rank]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.state_dict(), "yielded": self.yielded}  # type: ignore[attr-defined]
+        state: dict[str, Any] = {"yielded": self.yielded}
+        if hasattr(self.order, "state_dict"):  # an order that cannot save itself is replayed from its start
+            state["order"] = self.order.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order = iter(self.share.sampler)
-        self.order.load_state_dict(state["order"])  # type: ignore[attr-defined]
-        self.yielded = state["yielded"]
+        if "order" in state:
+            self.order.load_state_dict(state["order"])  # type: ignore[attr-defined]
+            self.yielded = state["yielded"]
+            return
+        self.yielded = 0
+        for _ in range(state["yielded"]):
+            next(self)
