@@ -201,8 +201,8 @@ class ExactResume(Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         checkpoint["vlp_rng"] = rng_states()
-        if trainer.world_size > 1 and torch.distributed.is_initialized():
-            own = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+        own = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader")
+        if own and trainer.world_size > 1 and torch.distributed.is_initialized():  # every rank has the same loaders
             every_rank: list[Any] = [None] * trainer.world_size
             torch.distributed.all_gather_object(every_rank, own)
             checkpoint["vlp_loader_states"] = every_rank
