@@ -88,7 +88,7 @@ def files_run(root: Path, workers: int) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("workers", "kill_after", "saved_at"), [(0, 7, 6), (2, 7, 6), (2, 5, 4)])
+@pytest.mark.parametrize(("workers", "kill_after", "saved_at"), [(2, 7, 6), (2, 5, 4)])  # 0 workers: test_loader_draws.py
 def test_kill_9_with_augmented_images_and_loader_workers_resumes_bit_identical(augmented_files: Path, tmp_path: Path,
                                                                                workers: int, kill_after: int, saved_at: int):
     """Random crops draw in the workers (or the main process); a resume must replay them and must not drop an epoch.
