@@ -160,3 +160,19 @@ def test_draft_decoding_keeps_twice_the_resize_input_and_stays_within_its_docume
 def test_png_is_always_decoded_in_full(tmp_path: Path):
     write_image(tmp_path / "big.png", 0, size=(400, 300))
     assert open_image(str(tmp_path / "big.png"), 16).size == (400, 300)
+
+
+def test_bench_data_runs_as_the_readme_shows_and_reports_every_loop(tmp_path: Path):
+    """`python tools/bench_data.py` (tiny sizes): every loop reads samples, and draft decoding stays within its 2.5-level bound."""
+    import re
+    import subprocess
+
+    tools = Path(__file__).resolve().parents[1] / "tools"
+    result = subprocess.run([sys.executable, str(tools / "bench_data.py"), "--images", "32", "--size", "64", "--image-size", "32",
+                             "--draft-side", "256"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rates = dict(re.findall(r"^\s*(\w+):\s+([\d.]+) samples/s", result.stdout, re.MULTILINE))
+    assert set(rates) == {"plain_pil_float", "plain_pil", "worker_steps", "shards_0_worker", "shards_1_worker", "shards_2_worker"}
+    assert all(float(rate) > 0 for rate in rates.values())
+    difference = float(re.search(r"mean difference ([\d.]+) grey levels", result.stdout).group(1))
+    assert difference <= 2.5
